@@ -1,0 +1,83 @@
+"""Command line: ``lifecycle demo`` (the README's first command), ``migrate`` and ``seed``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lifecycle.db.engine import get_engine
+from lifecycle.db.migrate import upgrade
+from lifecycle.db.schema import users
+from lifecycle.sample_data import seed as seed_users
+from lifecycle.settings import Settings, SettingsError, get_settings
+from lifecycle.storage import open_storage
+
+app = typer.Typer(help="Data-lifecycle flows (Prefect).", no_args_is_help=True)
+console = Console()
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (alembic)."""
+    settings = _settings()
+    upgrade(settings.resolved_database_url)
+    console.print("schema is up to date")
+
+
+@app.command()
+def seed() -> None:
+    """Insert the sample users if the users table is empty."""
+    settings = _settings()
+    upgrade(settings.resolved_database_url)
+    console.print(_seed_if_empty(settings))
+
+
+def _seed_if_empty(settings: Settings) -> str:
+    engine = get_engine(settings.resolved_database_url)
+    with engine.connect() as conn:
+        existing = conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one()
+    if existing:
+        return f"{existing} users already present: nothing seeded"
+    storage = open_storage(
+        settings.resolved_storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.aws_region
+    )
+    count = seed_users(engine, storage, now=datetime.now(UTC))
+    return f"seeded {count} sample users (with files, features and scores)"
+
+
+@app.command()
+def demo() -> None:
+    """Migrate, seed sample users on first run, then run the inactive-accounts flow once."""
+    from flows.inactive_accounts import inactive_accounts  # imports Prefect: keep --help fast
+
+    settings = _settings()
+    upgrade(settings.resolved_database_url)
+    console.print(_seed_if_empty(settings))
+    state = inactive_accounts(return_state=True)
+    result = state.result(raise_on_failure=False)
+    if state.is_completed():
+        table = Table(title="inactive-accounts")
+        table.add_column("outcome")
+        table.add_column("count", justify="right")
+        for outcome in ("warned", "deleted", "skipped", "failed"):
+            table.add_row(outcome, str(result.counts.get(outcome, 0)))
+        table.add_row("objects deleted", str(result.objects_deleted))
+        console.print(table)
+        console.print(f"database: {settings.resolved_database_url}")
+        console.print(f"storage:  {settings.resolved_storage_url}")
+        console.print(f"outbox:   {settings.resolved_outbox_dir} (warning mails as .eml)")
+        return
+    console.print(f"[red]run ended {state.type.value}: {result}[/red]")
+    raise typer.Exit(1)

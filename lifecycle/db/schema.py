@@ -1,0 +1,119 @@
+"""The reference application schema and the project's own tables (SQLAlchemy Core).
+
+Alembic migrations in ``lifecycle/db/migrations`` create and upgrade these tables; this module
+is the typed handle the code queries through.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware datetimes stored as UTC on every backend (SQLite has no time zones)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"expected a timezone-aware datetime, got {value!r}")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+SUBSCRIPTION_STATUSES = ("none", "trialing", "active", "past_due", "canceled", "expired")
+ACTIVATION_STATUSES = ("NONE", "MAIL_SENT", "DONE")
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False, unique=True),
+    sa.Column("name", sa.String(200)),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("last_visit_at", UTCDateTime(), nullable=False),
+    sa.Column("free_trial_ends_at", UTCDateTime()),
+    sa.Column("lifetime_deal", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("subscription_status", sa.String(16), nullable=False, server_default="none"),
+    sa.Column("subscription_ends_at", UTCDateTime()),
+    # Inactive-accounts process: a warning, and leases that keep two runs from acting twice.
+    sa.Column("deletion_warning_sent_at", UTCDateTime()),
+    sa.Column("warning_claim_id", sa.String(36)),
+    sa.Column("warning_lease_until", UTCDateTime()),
+    sa.Column("deletion_started_at", UTCDateTime()),
+    sa.Column("deletion_claim_id", sa.String(36)),
+    sa.Column("deletion_lease_until", UTCDateTime()),
+    # Activation mail process.
+    sa.Column("activation_status", sa.String(16), nullable=False, server_default="NONE"),
+    sa.Column("activation_token", sa.String(64)),
+    # Consent revocation process.
+    sa.Column("analytics_consent", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("analytics_consent_revoked_at", UTCDateTime()),
+    sa.CheckConstraint(
+        "subscription_status IN ('none','trialing','active','past_due','canceled','expired')",
+        name="ck_users_subscription_status",
+    ),
+    sa.CheckConstraint(
+        "activation_status IN ('NONE','MAIL_SENT','DONE')", name="ck_users_activation_status"
+    ),
+)
+# The warning sweep walks last_visit_at; the deletion sweep walks warnings; resumes walk starts.
+sa.Index("ix_users_last_visit", users.c.last_visit_at, users.c.id)
+sa.Index(
+    "ix_users_warning_sent",
+    users.c.deletion_warning_sent_at,
+    users.c.id,
+    postgresql_where=users.c.deletion_warning_sent_at.is_not(None),
+    sqlite_where=users.c.deletion_warning_sent_at.is_not(None),
+)
+sa.Index(
+    "ix_users_deletion_started",
+    users.c.deletion_started_at,
+    users.c.id,
+    postgresql_where=users.c.deletion_started_at.is_not(None),
+    sqlite_where=users.c.deletion_started_at.is_not(None),
+)
+
+features = sa.Table(
+    "features",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("proposed_by", sa.String(36), sa.ForeignKey("users.id"), index=True),
+)
+
+scoreboard_entries = sa.Table(
+    "scoreboard_entries",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("period", sa.String(16), nullable=False),
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("score", sa.Integer(), nullable=False),
+)
+
+deletion_receipts = sa.Table(
+    "deletion_receipts",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("subject_hash", sa.String(64), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("flow_run_id", sa.String(36)),
+    sa.Column("deleted_at", UTCDateTime(), nullable=False),
+    sa.Column("objects_deleted", sa.Integer(), nullable=False),
+    sa.Column("rows_removed", sa.JSON(), nullable=False),
+    sa.UniqueConstraint("subject_hash", "reason", name="uq_deletion_receipts_subject"),
+)

@@ -1,0 +1,268 @@
+"""Mail delivery backends: a local outbox directory, SMTP, and Amazon SES (v2).
+
+Each backend sends one :class:`OutgoingMail` and returns a message id, or raises
+:class:`TransientMailError` (worth retrying later) or :class:`PermanentMailError` (don't).
+No error raised here names the recipient or a credential: messages are built from status
+codes, and server-provided text is scrubbed and run through :func:`lifecycle.privacy.redact`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import smtplib
+import ssl
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
+from email.message import EmailMessage
+from email.utils import formatdate, getaddresses, make_msgid, parseaddr
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from pydantic import SecretStr
+
+from lifecycle.privacy import mask_email, redact
+from lifecycle.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_sesv2 import SESV2Client
+    from mypy_boto3_sesv2.type_defs import SendEmailRequestTypeDef
+
+_SERVER_TEXT_LIMIT = 200
+# SES v2 error codes worth retrying later; any other code (MessageRejected,
+# MailFromDomainNotVerifiedException, AccountSuspendedException, ...) is permanent.
+_SES_TRANSIENT_CODES = frozenset(
+    {
+        "TooManyRequestsException",
+        "Throttling",
+        "ThrottlingException",
+        "LimitExceededException",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "RequestTimeout",
+    }
+)
+
+
+@dataclass(frozen=True)
+class OutgoingMail:
+    """One rendered mail to one recipient."""
+
+    to: str
+    subject: str
+    text: str
+    html: str
+
+
+class MailError(RuntimeError):
+    """Sending failed; the message never names the recipient."""
+
+
+class TransientMailError(MailError):
+    """Worth retrying later: throttling, connection trouble, SMTP 4xx."""
+
+
+class PermanentMailError(MailError):
+    """Retrying won't help: rejected address or content, SMTP 5xx, SES MessageRejected."""
+
+
+class Mailer(Protocol):
+    """What the mail tasks need from a backend."""
+
+    def send(self, mail: OutgoingMail) -> str:
+        """Deliver ``mail`` and return its message id."""
+        ...
+
+
+def build_message(mail: OutgoingMail, *, sender: str) -> EmailMessage:
+    """A multipart/alternative (text, html) message; refuses line breaks in headers."""
+    for name, value in (("sender", sender), ("recipient", mail.to), ("subject", mail.subject)):
+        if "".join(value.splitlines()) != value:
+            raise ValueError(f"{name} must not contain line breaks")
+    if len(getaddresses([mail.to])) != 1 or "@" not in parseaddr(mail.to)[1]:
+        raise ValueError("recipient must be exactly one e-mail address")
+    message = EmailMessage(policy=policy.SMTP)
+    message["From"] = sender
+    message["To"] = mail.to
+    message["Subject"] = mail.subject
+    message["Date"] = formatdate(usegmt=True)
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"  # not getfqdn(): DNS
+    message["Message-ID"] = make_msgid(domain=domain)
+    message.set_content(mail.text, cte="quoted-printable")
+    message.add_alternative(mail.html, subtype="html", cte="quoted-printable")
+    return message
+
+
+class OutboxMailer:
+    """Writes each mail as an ``.eml`` file into a directory (development and demos)."""
+
+    def __init__(self, *, directory: Path, sender: str) -> None:
+        self._directory = directory
+        self._sender = sender
+
+    def send(self, mail: OutgoingMail) -> str:
+        message = build_message(mail, sender=self._sender)
+        self._directory.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        target = self._directory / f"{stamp}-{uuid.uuid4()}.eml"
+        partial = target.with_name(f".{target.name}.tmp")
+        try:
+            partial.write_bytes(message.as_bytes())
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return str(message["Message-ID"])
+
+
+class SmtpMailer:
+    """Sends through an SMTP server, one connection per mail."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        sender: str,
+        security: Literal["starttls", "ssl", "none"],
+        username: str | None = None,
+        password: SecretStr | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if username is not None and password is None:
+            raise ValueError("an SMTP username needs a password")
+        self._host = host
+        self._port = port
+        self._sender = sender
+        self._security = security
+        self._username = username
+        self._password = password
+        self._timeout = timeout
+
+    def send(self, mail: OutgoingMail) -> str:
+        message = build_message(mail, sender=self._sender)
+        try:
+            with self._connect() as smtp:
+                if self._security == "starttls":
+                    smtp.starttls(context=ssl.create_default_context())
+                if self._username is not None and self._password is not None:
+                    smtp.login(self._username, self._password.get_secret_value())
+                smtp.send_message(message)
+        except OSError as exc:  # smtplib.SMTPException is an OSError too
+            raise self._error(exc, mail.to) from None
+        return str(message["Message-ID"])
+
+    def _connect(self) -> smtplib.SMTP:
+        if self._security == "ssl":
+            return smtplib.SMTP_SSL(
+                self._host, self._port, timeout=self._timeout, context=ssl.create_default_context()
+            )
+        return smtplib.SMTP(self._host, self._port, timeout=self._timeout)
+
+    def _error(self, exc: OSError, recipient: str) -> MailError:
+        secrets = (recipient, self._username or "")
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            code, reply = next(iter(exc.recipients.values()), (0, b""))
+            return _smtp_reply_error("recipient refused", code, reply, secrets)
+        if isinstance(exc, smtplib.SMTPResponseException):
+            return _smtp_reply_error(type(exc).__name__, exc.smtp_code, exc.smtp_error, secrets)
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            return TransientMailError("SMTP server disconnected")
+        if isinstance(exc, smtplib.SMTPException):  # e.g. STARTTLS or AUTH not supported
+            return PermanentMailError(f"SMTP failed: {type(exc).__name__}")
+        return TransientMailError(
+            f"SMTP connection failed: {type(exc).__name__}: {_scrub(str(exc), secrets)}"
+        )
+
+
+def _smtp_reply_error(
+    what: str, code: int, reply: bytes | str, secrets: tuple[str, ...]
+) -> MailError:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    kind = PermanentMailError if 500 <= code < 600 else TransientMailError
+    return kind(f"SMTP {what}: {code} {_scrub(text, secrets)}")
+
+
+class SesMailer:
+    """Sends raw MIME through the Amazon SES v2 API."""
+
+    def __init__(
+        self, *, client: SESV2Client, sender: str, configuration_set: str | None = None
+    ) -> None:
+        self._client = client
+        self._sender = sender
+        self._configuration_set = configuration_set
+
+    def send(self, mail: OutgoingMail) -> str:
+        message = build_message(mail, sender=self._sender)
+        # Without Destination, SES delivers to the message's own To header.
+        request: SendEmailRequestTypeDef = {
+            "FromEmailAddress": self._sender,
+            "Content": {"Raw": {"Data": message.as_bytes()}},
+        }
+        if self._configuration_set:
+            request["ConfigurationSetName"] = self._configuration_set
+        try:
+            response = self._client.send_email(**request)
+        except ClientError as exc:
+            raise _ses_error(exc, mail.to) from None
+        except (BotoConnectionError, HTTPClientError) as exc:
+            raise TransientMailError(f"SES unreachable: {type(exc).__name__}") from None
+        return response["MessageId"]
+
+
+def _ses_error(exc: ClientError, recipient: str) -> MailError:
+    error = exc.response.get("Error", {})
+    code = error.get("Code", "Unknown")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    transient = code in _SES_TRANSIENT_CODES or status == 429 or status >= 500
+    kind = TransientMailError if transient else PermanentMailError
+    return kind(f"SES {code} (HTTP {status}): {_scrub(error.get('Message', ''), (recipient,))}")
+
+
+def ses_client(*, region: str, endpoint_url: str | None = None) -> SESV2Client:
+    """An SES v2 client whose standard retry mode backs off (with jitter) on throttling."""
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 6}, connect_timeout=5, read_timeout=30
+    )
+    return boto3.session.Session().client(
+        "sesv2", region_name=region, endpoint_url=endpoint_url, config=config
+    )
+
+
+def open_mailer(settings: Settings) -> Mailer:
+    """The backend chosen by ``settings.mail_backend``."""
+    if settings.mail_backend == "smtp":
+        if not settings.smtp_host:
+            raise ValueError("LIFECYCLE_SMTP_HOST is required with mail_backend=smtp")
+        return SmtpMailer(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            sender=settings.sender,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            timeout=settings.smtp_timeout_seconds,
+        )
+    if settings.mail_backend == "ses":
+        client = ses_client(region=settings.aws_region, endpoint_url=settings.ses_endpoint_url)
+        return SesMailer(
+            client=client,
+            sender=settings.sender,
+            configuration_set=settings.ses_configuration_set,
+        )
+    return OutboxMailer(directory=settings.resolved_outbox_dir, sender=settings.sender)
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """Server text with the given addresses/usernames masked, then redacted and shortened."""
+    values = sorted({s for v in secrets for s in (v, parseaddr(v)[1]) if s}, key=len, reverse=True)
+    if values:
+        pattern = "|".join(re.escape(value) for value in values)
+        text = re.sub(pattern, lambda m: mask_email(m.group(0)), text, flags=re.IGNORECASE)
+    return redact(text)[:_SERVER_TEXT_LIMIT]

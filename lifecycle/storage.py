@@ -1,0 +1,181 @@
+"""Object storage for user folders: S3 (or an S3-compatible endpoint) and a local directory.
+
+Keys and prefixes are relative, ``/``-separated paths. A prefix names a folder and must end
+with ``/``, so ``users/u1/`` never matches ``users/u10/`` and ``""`` cannot empty a bucket.
+Deleting a folder that is already gone returns 0: deletes are idempotent.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import unquote, urlsplit
+
+import boto3
+from botocore.config import Config
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
+
+DELETE_BATCH = 1000  # DeleteObjects accepts at most 1,000 keys per request.
+CONNECT_TIMEOUT_SECONDS = 5.0
+READ_TIMEOUT_SECONDS = 30.0
+
+
+class StorageError(RuntimeError):
+    """Raised for an invalid key or prefix, or when the store refuses to delete objects."""
+
+
+class ObjectStorage(Protocol):
+    """What the lifecycle flows need from object storage."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``, replacing any existing object."""
+        ...
+
+    def count_prefix(self, prefix: str) -> int:
+        """Number of objects under ``prefix``."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; return how many were deleted (0 if none)."""
+        ...
+
+
+def _check_path(path: str) -> None:
+    # Messages describe the rule but never echo the key: keys carry user ids.
+    if path.startswith("/") or "\\" in path or "\0" in path:
+        raise StorageError("keys must be relative, without backslashes or NUL characters")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise StorageError("keys must not contain empty, '.' or '..' segments")
+
+
+def _check_key(key: str) -> str:
+    """Return ``key`` if it is a valid object key, else raise :class:`StorageError`."""
+    if not key or key.endswith("/"):
+        raise StorageError("an object key must be non-empty and must not end with '/'")
+    _check_path(key)
+    return key
+
+
+def _check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a valid folder prefix, else raise :class:`StorageError`."""
+    if not prefix.endswith("/"):
+        raise StorageError("a prefix must be non-empty and end with '/', e.g. 'users/42/'")
+    _check_path(prefix[:-1])
+    return prefix
+
+
+class S3Storage:
+    """A bucket, optionally below a base prefix that is prepended to every key."""
+
+    def __init__(self, *, client: S3Client, bucket: str, base_prefix: str = "") -> None:
+        if base_prefix and not base_prefix.endswith("/"):
+            base_prefix += "/"
+        self._client = client
+        self._bucket = bucket
+        self._base = _check_prefix(base_prefix) if base_prefix else ""
+
+    def put(self, key: str, data: bytes) -> None:
+        self._client.put_object(Bucket=self._bucket, Key=self._base + _check_key(key), Body=data)
+
+    def count_prefix(self, prefix: str) -> int:
+        return sum(len(page) for page in self._pages(self._base + _check_prefix(prefix)))
+
+    def delete_prefix(self, prefix: str) -> int:
+        # S3 continuation tokens are key-based, so deleting listed keys does not skip any.
+        deleted = 0
+        for page in self._pages(self._base + _check_prefix(prefix)):
+            for start in range(0, len(page), DELETE_BATCH):
+                deleted += self._delete(page[start : start + DELETE_BATCH])
+        return deleted
+
+    def _pages(self, full_prefix: str) -> Iterator[list[ObjectIdentifierTypeDef]]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self._bucket, Prefix=full_prefix):
+            yield [{"Key": item["Key"]} for item in page.get("Contents", [])]
+
+    def _delete(self, objects: list[ObjectIdentifierTypeDef]) -> int:
+        response = self._client.delete_objects(
+            Bucket=self._bucket, Delete={"Objects": objects, "Quiet": True}
+        )
+        errors = response.get("Errors", [])
+        if errors:
+            code = errors[0].get("Code", "unknown")
+            raise StorageError(
+                f"S3 refused to delete {len(errors)} of {len(objects)} objects"
+                f" (first error code: {code})"
+            )
+        return len(objects)
+
+
+class LocalStorage:
+    """A directory on disk: each key is a file below ``root``."""
+
+    def __init__(self, *, root: Path) -> None:
+        self._root = root.resolve()
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write atomically: readers see the old file or the new one, never a partial one."""
+        path = self._path(_check_key(key))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def count_prefix(self, prefix: str) -> int:
+        folder = self._path(_check_prefix(prefix))
+        return sum(len(files) for _, _, files in os.walk(folder))
+
+    def delete_prefix(self, prefix: str) -> int:
+        folder = self._path(_check_prefix(prefix))
+        deleted = 0
+        for dirpath, _, files in os.walk(folder, topdown=False):
+            for name in files:
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue  # deleted concurrently: already gone
+                deleted += 1
+            try:
+                os.rmdir(dirpath)
+            except FileNotFoundError:
+                pass
+        return deleted
+
+    def _path(self, key: str) -> Path:
+        # Keys are already checked for '..'; resolving also catches symlinks leading out.
+        path = (self._root / key).resolve()
+        if path == self._root or not path.is_relative_to(self._root):
+            raise StorageError("key resolves outside the storage root")
+        return path
+
+
+def open_storage(
+    url: str, *, endpoint_url: str | None = None, region: str = "us-east-1"
+) -> ObjectStorage:
+    """Storage for ``s3://bucket/optional/base/prefix`` or ``file:///absolute/path``."""
+    parts = urlsplit(url)
+    plain = not parts.query and not parts.fragment
+    if plain and parts.scheme == "s3" and parts.netloc:
+        config = Config(
+            retries={"mode": "standard", "max_attempts": 5},
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
+            # S3-compatible endpoints (MinIO, moto, LocalStack) expect path-style addressing.
+            s3={"addressing_style": "path"} if endpoint_url else None,
+        )
+        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        return S3Storage(client=client, bucket=parts.netloc, base_prefix=parts.path.lstrip("/"))
+    if plain and parts.scheme == "file" and not parts.netloc and parts.path.startswith("/"):
+        return LocalStorage(root=Path(unquote(parts.path)))
+    raise ValueError("storage URL must be s3://bucket/optional/prefix or file:///absolute/path")
