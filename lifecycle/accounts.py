@@ -50,7 +50,9 @@ def exempt(as_of: datetime) -> ColumnElement[bool]:
 
 
 def warning_pending() -> ColumnElement[bool]:
-    return sa.and_(u.deletion_warning_sent_at.is_not(None), u.last_visit_at < u.deletion_warning_sent_at)
+    return sa.and_(
+        u.deletion_warning_sent_at.is_not(None), u.last_visit_at < u.deletion_warning_sent_at
+    )
 
 
 def due_for_warning(as_of: datetime, policy: Policy) -> ColumnElement[bool]:
@@ -88,7 +90,9 @@ def _page(
 ) -> sa.Select[tuple[str, datetime]]:
     query = sa.select(u.id, key).where(condition)
     if after is not None:
-        query = query.where(sa.tuple_(key, u.id) > sa.tuple_(_ts(after.position), sa.literal(after.id)))
+        query = query.where(
+            sa.tuple_(key, u.id) > sa.tuple_(_ts(after.position), sa.literal(after.id))
+        )
     return query.order_by(key, u.id).limit(limit)
 
 
@@ -127,7 +131,9 @@ class DueCounts:
 
 def count_due(conn: sa.Connection, *, as_of: datetime, policy: Policy, now: datetime) -> DueCounts:
     def count(condition: ColumnElement[bool]) -> int:
-        return conn.execute(sa.select(sa.func.count()).select_from(users).where(condition)).scalar_one()
+        return conn.execute(
+            sa.select(sa.func.count()).select_from(users).where(condition)
+        ).scalar_one()
 
     return DueCounts(
         warn=count(due_for_warning(as_of, policy)),

@@ -51,7 +51,9 @@ def _seed_if_empty(settings: Settings) -> str:
     if existing:
         return f"{existing} users already present: nothing seeded"
     storage = open_storage(
-        settings.resolved_storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.aws_region
+        settings.resolved_storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.aws_region,
     )
     count = seed_users(engine, storage, now=datetime.now(UTC))
     return f"seeded {count} sample users (with files, features and scores)"
@@ -60,14 +62,14 @@ def _seed_if_empty(settings: Settings) -> str:
 @app.command()
 def demo() -> None:
     """Migrate, seed sample users on first run, then run the inactive-accounts flow once."""
-    from flows.inactive_accounts import inactive_accounts  # imports Prefect: keep --help fast
+    from flows.inactive_accounts import SweepSummary, inactive_accounts  # keeps --help fast
 
     settings = _settings()
     upgrade(settings.resolved_database_url)
     console.print(_seed_if_empty(settings))
     state = inactive_accounts(return_state=True)
     result = state.result(raise_on_failure=False)
-    if state.is_completed():
+    if isinstance(result, SweepSummary):
         table = Table(title="inactive-accounts")
         table.add_column("outcome")
         table.add_column("count", justify="right")

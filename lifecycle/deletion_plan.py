@@ -28,7 +28,9 @@ class Reference:
         """The statement that removes the given users from this reference."""
         if self.action == "delete":
             return sa.delete(self.table).where(self.column.in_(user_ids))
-        return sa.update(self.table).where(self.column.in_(user_ids)).values({self.column.name: None})
+        return (
+            sa.update(self.table).where(self.column.in_(user_ids)).values({self.column.name: None})
+        )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,18 @@ import sqlalchemy as sa
 from lifecycle.db.schema import features, scoreboard_entries, users
 from lifecycle.storage import ObjectStorage
 
-FIRST = ["Ada", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Alan", "Edsger"]
+FIRST = [
+    "Ada",
+    "Grace",
+    "Linus",
+    "Margaret",
+    "Ken",
+    "Barbara",
+    "Dennis",
+    "Frances",
+    "Alan",
+    "Edsger",
+]
 LAST = ["Lovelace", "Hopper", "Torvalds", "Hamilton", "Thompson", "Liskov", "Ritchie", "Allen"]
 
 # (label, how many, last visit days ago, extra columns as a function of now)
@@ -33,7 +44,7 @@ def seed(engine: sa.Engine, storage: ObjectStorage, *, now: datetime, seed: int 
     """Insert the sample users with files, features and scores; returns how many users."""
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
-    for label, count, visited_days_ago, extra in SCENARIOS:
+    for _label, count, visited_days_ago, extra in SCENARIOS:
         for _ in range(count):
             user_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             first, last = rng.choice(FIRST), rng.choice(LAST)
@@ -47,10 +58,14 @@ def seed(engine: sa.Engine, storage: ObjectStorage, *, now: datetime, seed: int 
                 "lifetime_deal": extra.get("lifetime_deal", False),
                 "subscription_status": extra.get("subscription_status", "none"),
                 "free_trial_ends_at": (
-                    now + timedelta(days=extra["trial_days_left"]) if "trial_days_left" in extra else None
+                    now + timedelta(days=extra["trial_days_left"])
+                    if "trial_days_left" in extra
+                    else None
                 ),
                 "deletion_warning_sent_at": (
-                    now - timedelta(days=extra["warned_days_ago"]) if "warned_days_ago" in extra else None
+                    now - timedelta(days=extra["warned_days_ago"])
+                    if "warned_days_ago" in extra
+                    else None
                 ),
             }
             rows.append(row)

@@ -46,7 +46,9 @@ class DeletionPlanSettings(BaseModel):
         if value.count("{user_id}") != 1 or not value.endswith("/"):
             raise ValueError("must contain {user_id} exactly once and end with '/'")
         if value.replace("{user_id}", "x").count("{") or ".." in value or value.startswith("/"):
-            raise ValueError("only the {user_id} placeholder is allowed, with no '..' or leading '/'")
+            raise ValueError(
+                "only the {user_id} placeholder is allowed, with no '..' or leading '/'"
+            )
         return value
 
     def prefix_for(self, user_id: str) -> str:
@@ -135,11 +137,15 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _require_backend_settings(self) -> Settings:
         if self.mail_backend in ("smtp", "ses") and not self.mail_from:
-            raise ValueError(f"LIFECYCLE_MAIL_FROM is required with mail_backend={self.mail_backend}")
+            raise ValueError(
+                f"LIFECYCLE_MAIL_FROM is required with mail_backend={self.mail_backend}"
+            )
         if self.mail_backend == "smtp" and not self.smtp_host:
             raise ValueError("LIFECYCLE_SMTP_HOST is required with mail_backend=smtp")
         if self.smtp_username and self.smtp_password is None:
-            raise ValueError("LIFECYCLE_SMTP_PASSWORD is required when LIFECYCLE_SMTP_USERNAME is set")
+            raise ValueError(
+                "LIFECYCLE_SMTP_PASSWORD is required when LIFECYCLE_SMTP_USERNAME is set"
+            )
         if self.smtp_password is not None and not self.smtp_password.get_secret_value():
             raise ValueError("LIFECYCLE_SMTP_PASSWORD must not be empty")
         if self.pseudonym_key is not None and len(self.pseudonym_key.get_secret_value()) < 16:

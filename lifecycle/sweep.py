@@ -79,7 +79,9 @@ def warn_batch(
     """Warn one page of users due a warning; each is mailed at most once per inactivity."""
     report = BatchReport()
     with ctx.engine.connect() as conn:
-        page = accounts.warning_page(conn, as_of=ctx.as_of, policy=ctx.policy, after=after, limit=limit)
+        page = accounts.warning_page(
+            conn, as_of=ctx.as_of, policy=ctx.policy, after=after, limit=limit
+        )
     if ctx.dry_run:
         report.counts["would_warn"] += len(page)
     if ctx.dry_run or not page:
@@ -111,7 +113,9 @@ def warn_batch(
                 send(mail)
             except Exception as exc:  # one user's failure never stops the batch
                 unsent.append(recipient.id)
-                report.failures.append(Failure(ctx.subject(recipient.id), "warn", describe_error(exc)))
+                report.failures.append(
+                    Failure(ctx.subject(recipient.id), "warn", describe_error(exc))
+                )
                 continue
             sent.append(recipient.id)
             report.warned.append(ctx.subject(recipient.id))

@@ -28,12 +28,9 @@ from lifecycle.sweep import BatchReport, SweepContext, delete_batch, warn_batch
 #: Failures logged one by one per batch; the rest are counted.
 LOGGED_FAILURES = 20
 
-_retrying = dict(
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_jitter_factor=0.5,
-    cache_policy=NO_CACHE,
-)
+#: Batches are idempotent (claims), so a transient failure simply reruns the batch.
+RETRIES = 2
+RETRY_DELAYS = exponential_backoff(backoff_factor=5)
 
 
 class SweepParams(BaseModel):
@@ -72,14 +69,22 @@ def _report(report: BatchReport, event: str, subjects: list[str]) -> BatchReport
             resource={"prefect.resource.id": f"lifecycle.account.{subject}"},
         )
     for failure in report.failures[:LOGGED_FAILURES]:
-        logger.error("account %s failed at %s: %s", failure.subject[:16], failure.stage, failure.error)
+        logger.error(
+            "account %s failed at %s: %s", failure.subject[:16], failure.stage, failure.error
+        )
     if len(report.failures) > LOGGED_FAILURES:
         logger.error("... and %d more failures", len(report.failures) - LOGGED_FAILURES)
     logger.info("batch: %s", dict(report.counts))
     return report
 
 
-@task(name="plan-inactive-accounts", **_retrying)
+@task(
+    name="plan-inactive-accounts",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_jitter_factor=0.5,
+    cache_policy=NO_CACHE,
+)
 def plan_sweep(params: SweepParams) -> DueCounts:
     """Check schema and deletion plan, and count what is due (nothing is changed)."""
     settings = get_settings()
@@ -92,7 +97,13 @@ def plan_sweep(params: SweepParams) -> DueCounts:
         )
 
 
-@task(name="warn-inactive-batch", **_retrying)
+@task(
+    name="warn-inactive-batch",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_jitter_factor=0.5,
+    cache_policy=NO_CACHE,
+)
 def warn_inactive_batch(params: SweepParams, after: Candidate | None) -> BatchReport:
     """Mail one page of users due a warning, under the shared mail rate."""
     settings = get_settings()
@@ -108,7 +119,9 @@ def warn_inactive_batch(params: SweepParams, after: Candidate | None) -> BatchRe
         paced = settings.mail_rate_per_second > 0
         if paced and not params.dry_run:
             ensure_mail_limit(client, settings.mail_limit_name)
-        mutex = PrefectLeaseMutex(client=client, limit_name=settings.mail_limit_name) if paced else None
+        mutex = (
+            PrefectLeaseMutex(client=client, limit_name=settings.mail_limit_name) if paced else None
+        )
         with PacedSender(
             mailer=mailer, mutex=mutex, rate_per_second=settings.mail_rate_per_second
         ) as sender:
@@ -122,7 +135,13 @@ def warn_inactive_batch(params: SweepParams, after: Candidate | None) -> BatchRe
     return _report(report, "lifecycle.account.warned", report.warned)
 
 
-@task(name="delete-inactive-batch", **_retrying)
+@task(
+    name="delete-inactive-batch",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_jitter_factor=0.5,
+    cache_policy=NO_CACHE,
+)
 def delete_inactive_batch(
     params: SweepParams, kind: DeletionKind, after: Candidate | None, budget: int
 ) -> BatchReport:

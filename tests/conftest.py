@@ -55,8 +55,12 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    source = "LIFECYCLE_TEST_POSTGRES_URL" if os.environ.get("LIFECYCLE_TEST_POSTGRES_URL") else (
-        "local server on 127.0.0.1:5432" if _reachable(LOCAL_POSTGRES) else "throwaway pgserver"
+    source = (
+        "LIFECYCLE_TEST_POSTGRES_URL"
+        if os.environ.get("LIFECYCLE_TEST_POSTGRES_URL")
+        else (
+            "local server on 127.0.0.1:5432" if _reachable(LOCAL_POSTGRES) else "throwaway pgserver"
+        )
     )
     return f"postgresql: {source}"
 
@@ -108,9 +112,7 @@ def engine(database_url: str) -> sa.Engine:
 
 
 @pytest.fixture
-def lifecycle_env(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str
-) -> Settings:
+def lifecycle_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) -> Settings:
     """Point the flows (which read the environment) at this test's database and folders."""
     for key in list(os.environ):
         if key.startswith("LIFECYCLE_"):

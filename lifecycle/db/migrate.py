@@ -42,5 +42,6 @@ def assert_current(engine: Engine) -> None:
         current = MigrationContext.configure(connection).get_current_revision()
     if current != head:
         raise SchemaOutOfDate(
-            f"database schema is at {current or 'nothing'}, expected {head}: run `lifecycle migrate`"
+            f"database schema is at {current or 'nothing'}, expected {head}: "
+            "run `lifecycle migrate`"
         )

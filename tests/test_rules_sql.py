@@ -1,0 +1,55 @@
+"""The SQL in lifecycle.accounts selects exactly the users lifecycle.rules.decide picks."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from lifecycle import accounts
+from lifecycle.db.schema import users
+from lifecycle.rules import Account, Decision, Policy, decide
+from tests.factories import insert_user
+
+AS_OF = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+OFFSETS = [0, 1, 29, 30, 31, 59, 60, 61, 89, 90, 91, 200]
+
+
+def _maybe(rng: random.Random, value: datetime) -> datetime | None:
+    return value if rng.random() < 0.5 else None
+
+
+def test_sql_and_python_agree(engine: sa.Engine) -> None:
+    rng = random.Random(42)
+    policy = Policy()
+    expected: dict[str, Decision] = {}
+    for _ in range(400):
+        jitter = timedelta(seconds=rng.choice([-1, 0, 1]))
+        account = Account(
+            last_visit_at=AS_OF - timedelta(days=rng.choice(OFFSETS)) + jitter,
+            deletion_warning_sent_at=_maybe(
+                rng, AS_OF - timedelta(days=rng.choice(OFFSETS)) + jitter
+            ),
+            free_trial_ends_at=_maybe(rng, AS_OF + timedelta(seconds=rng.choice([-1, 0, 1]))),
+            lifetime_deal=rng.random() < 0.1,
+            subscription_status=rng.choice(["none", "active", "past_due", "canceled", "expired"]),
+            subscription_ends_at=_maybe(rng, AS_OF + timedelta(days=rng.choice([-1, 0, 1]))),
+        )
+        user_id = insert_user(engine, **vars(account))
+        expected[user_id] = decide(account, AS_OF, policy)
+
+    with engine.connect() as conn:
+        warn = set(
+            conn.execute(
+                sa.select(users.c.id).where(accounts.due_for_warning(AS_OF, policy))
+            ).scalars()
+        )
+        delete = set(
+            conn.execute(
+                sa.select(users.c.id).where(accounts.due_for_deletion(AS_OF, policy))
+            ).scalars()
+        )
+    assert warn == {uid for uid, d in expected.items() if d is Decision.WARN}
+    assert delete == {uid for uid, d in expected.items() if d is Decision.DELETE}
+    assert warn and delete  # the sample covers both outcomes
