@@ -86,7 +86,10 @@ class Settings(BaseSettings):
     ses_endpoint_url: str | None = None
     ses_configuration_set: str | None = None
     mail_rate_per_second: float = Field(
-        14.0, gt=0, le=1000, description="Shared cap on mails per second (SES default: 14)."
+        14.0,
+        ge=0,
+        le=1000,
+        description="Shared cap on mails per second (SES default: 14); 0 = unpaced, outbox only.",
     )
     mail_limit_name: str = Field("lifecycle-mail", pattern=r"^[a-z0-9][a-z0-9-]*$")
 
@@ -140,6 +143,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"LIFECYCLE_MAIL_FROM is required with mail_backend={self.mail_backend}"
             )
+        if self.mail_rate_per_second == 0 and self.mail_backend != "outbox":
+            raise ValueError("LIFECYCLE_MAIL_RATE_PER_SECOND=0 (unpaced) is only for the outbox")
         if self.mail_backend == "smtp" and not self.smtp_host:
             raise ValueError("LIFECYCLE_SMTP_HOST is required with mail_backend=smtp")
         if self.smtp_username and self.smtp_password is None:

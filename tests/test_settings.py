@@ -1,0 +1,280 @@
+"""lifecycle.settings: defaults, normalisation, and errors that name the variable to fix."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lifecycle.settings import DeletionPlanSettings, ReferenceRule, SettingsError, get_settings
+
+#: A value that must never appear in an error message.
+SECRET = "hunter2-Sup3rSecret-value"
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """A clean LIFECYCLE_* environment, run from an empty folder."""
+    for key in list(os.environ):
+        if key.startswith("LIFECYCLE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def _error(env: pytest.MonkeyPatch, **variables: str) -> str:
+    for key, value in variables.items():
+        env.setenv(key, value)
+    with pytest.raises(SettingsError) as info:
+        get_settings()
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    return str(info.value)
+
+
+# --- defaults ---------------------------------------------------------------------------------
+
+
+def test_defaults_live_under_data_dir(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings = get_settings()
+    data_dir = (tmp_path / ".lifecycle").resolve()
+    assert settings.resolved_database_url == f"sqlite:///{data_dir / 'lifecycle.db'}"
+    assert settings.resolved_storage_url == (data_dir / "storage").as_uri()
+    assert settings.resolved_storage_url.startswith("file:///")
+    assert settings.resolved_outbox_dir == data_dir / "outbox"
+    assert settings.mail_backend == "outbox"
+    assert settings.smtp_password is None and settings.pseudonym_key is None
+    assert settings.deletion_plan == DeletionPlanSettings()
+
+
+def test_data_dir_from_environment(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.setenv("LIFECYCLE_DATA_DIR", str(tmp_path / "elsewhere"))
+    settings = get_settings()
+    data_dir = tmp_path / "elsewhere"
+    assert settings.resolved_database_url == f"sqlite:///{data_dir / 'lifecycle.db'}"
+    assert settings.resolved_storage_url == (data_dir / "storage").as_uri()
+    assert settings.resolved_outbox_dir == data_dir / "outbox"
+
+
+def test_default_deletion_plan() -> None:
+    plan = DeletionPlanSettings()
+    assert plan.prefix_for("abc") == "users/abc/"
+    assert {(r.table, r.column, r.action) for r in plan.references} == {
+        ("features", "proposed_by", "set_null"),
+        ("scoreboard_entries", "user_id", "delete"),
+    }
+
+
+# --- normalisation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql", "postgresql+psycopg"])
+def test_postgres_urls_use_psycopg(env: pytest.MonkeyPatch, scheme: str) -> None:
+    env.setenv("LIFECYCLE_DATABASE_URL", f"{scheme}://app:pw@db.internal:5432/app?sslmode=require")
+    settings = get_settings()
+    expected = "postgresql+psycopg://app:pw@db.internal:5432/app?sslmode=require"
+    assert settings.database_url == expected
+    assert settings.resolved_database_url == expected
+
+
+def test_sqlite_url_kept(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.setenv("LIFECYCLE_DATABASE_URL", f"sqlite:///{tmp_path}/x.db")
+    assert get_settings().resolved_database_url == f"sqlite:///{tmp_path}/x.db"
+
+
+@pytest.mark.parametrize("url", ["s3://bucket", "s3://bucket/some/prefix", "file:///srv/files"])
+def test_good_storage_urls(env: pytest.MonkeyPatch, url: str) -> None:
+    env.setenv("LIFECYCLE_STORAGE_URL", url)
+    assert get_settings().resolved_storage_url == url
+
+
+def test_smtp_backend_complete(env: pytest.MonkeyPatch) -> None:
+    env.setenv("LIFECYCLE_MAIL_BACKEND", "smtp")
+    env.setenv("LIFECYCLE_SMTP_HOST", "smtp.example.com")
+    env.setenv("LIFECYCLE_MAIL_FROM", "Acme <no-reply@example.com>")
+    env.setenv("LIFECYCLE_SMTP_USERNAME", "mailer")
+    env.setenv("LIFECYCLE_SMTP_PASSWORD", SECRET)
+    settings = get_settings()
+    assert settings.smtp_password is not None
+    assert settings.smtp_password.get_secret_value() == SECRET
+    assert SECRET not in repr(settings) and SECRET not in str(settings.model_dump())
+    assert settings.sender == "Acme <no-reply@example.com>"
+
+
+def test_deletion_plan_from_json(env: pytest.MonkeyPatch) -> None:
+    plan = {
+        "storage_prefix": "u/{user_id}/",
+        "references": [
+            {"table": "comments", "column": "author_id", "action": "delete"},
+            {"table": "features", "column": "proposed_by", "action": "set_null"},
+        ],
+    }
+    env.setenv("LIFECYCLE_DELETION_PLAN", json.dumps(plan))
+    settings = get_settings()
+    assert settings.deletion_plan.storage_prefix == "u/{user_id}/"
+    assert settings.deletion_plan.prefix_for("42") == "u/42/"
+    assert settings.deletion_plan.references == [
+        ReferenceRule(table="comments", column="author_id", action="delete"),
+        ReferenceRule(table="features", column="proposed_by", action="set_null"),
+    ]
+
+
+def test_deletion_plan_prefix_from_nested_variable(env: pytest.MonkeyPatch) -> None:
+    env.setenv("LIFECYCLE_DELETION_PLAN__STORAGE_PREFIX", "tenants/{user_id}/")
+    plan = get_settings().deletion_plan
+    assert plan.storage_prefix == "tenants/{user_id}/"
+    assert plan.references == DeletionPlanSettings().references
+
+
+# --- errors name the variable, never the secret -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"mysql://app:{SECRET}@db/app",
+        f"postgresql+psycopg2://app:{SECRET}@db/app",
+        f"app:{SECRET}@db/app",
+    ],
+)
+def test_bad_database_url(env: pytest.MonkeyPatch, url: str) -> None:
+    message = _error(env, LIFECYCLE_DATABASE_URL=url)
+    assert "LIFECYCLE_DATABASE_URL" in message
+    assert SECRET not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://bucket.example.com/prefix",
+        "s3://",
+        "s3:///prefix-without-bucket",
+        "file://relative/path",
+        "file:relative/path",
+        "relative/path",
+    ],
+)
+def test_bad_storage_url(env: pytest.MonkeyPatch, url: str) -> None:
+    message = _error(env, LIFECYCLE_STORAGE_URL=url)
+    assert "LIFECYCLE_STORAGE_URL" in message
+
+
+@pytest.mark.parametrize("url", ["ftp://app.example.com", "app.example.com", "https://"])
+def test_bad_app_url(env: pytest.MonkeyPatch, url: str) -> None:
+    assert "LIFECYCLE_APP_URL" in _error(env, LIFECYCLE_APP_URL=url)
+
+
+def test_smtp_needs_host(env: pytest.MonkeyPatch) -> None:
+    message = _error(
+        env,
+        LIFECYCLE_MAIL_BACKEND="smtp",
+        LIFECYCLE_MAIL_FROM="no-reply@example.com",
+        LIFECYCLE_SMTP_USERNAME="mailer",
+        LIFECYCLE_SMTP_PASSWORD=SECRET,
+    )
+    assert "LIFECYCLE_SMTP_HOST" in message
+    assert SECRET not in message
+
+
+@pytest.mark.parametrize("backend", ["smtp", "ses"])
+def test_sending_backends_need_mail_from(env: pytest.MonkeyPatch, backend: str) -> None:
+    message = _error(env, LIFECYCLE_MAIL_BACKEND=backend, LIFECYCLE_SMTP_HOST="smtp.example.com")
+    assert "LIFECYCLE_MAIL_FROM" in message
+
+
+def test_smtp_username_needs_password(env: pytest.MonkeyPatch) -> None:
+    message = _error(env, LIFECYCLE_SMTP_USERNAME="mailer")
+    assert "LIFECYCLE_SMTP_PASSWORD" in message
+
+
+def test_empty_smtp_password(env: pytest.MonkeyPatch) -> None:
+    message = _error(env, LIFECYCLE_SMTP_USERNAME="mailer", LIFECYCLE_SMTP_PASSWORD="")
+    assert "LIFECYCLE_SMTP_PASSWORD" in message
+
+
+def test_short_pseudonym_key(env: pytest.MonkeyPatch) -> None:
+    short = "s3cr3t-k3y-15ch"
+    assert len(short) == 15
+    message = _error(env, LIFECYCLE_PSEUDONYM_KEY=short)
+    assert "LIFECYCLE_PSEUDONYM_KEY" in message
+    assert short not in message
+
+
+def test_pseudonym_key_of_16_characters(env: pytest.MonkeyPatch) -> None:
+    env.setenv("LIFECYCLE_PSEUDONYM_KEY", "k" * 16)
+    key = get_settings().pseudonym_key
+    assert key is not None and key.get_secret_value() == "k" * 16
+
+
+@pytest.mark.parametrize("rate", ["-1", "-0.5", "1000.5", "fast"])
+def test_bad_mail_rate(env: pytest.MonkeyPatch, rate: str) -> None:
+    assert "LIFECYCLE_MAIL_RATE_PER_SECOND" in _error(env, LIFECYCLE_MAIL_RATE_PER_SECOND=rate)
+
+
+def test_zero_mail_rate_means_unpaced_outbox(env: pytest.MonkeyPatch) -> None:
+    # The model allows 0 (ge=0) only with the local outbox, where nothing leaves the machine.
+    env.setenv("LIFECYCLE_MAIL_RATE_PER_SECOND", "0")
+    assert get_settings().mail_rate_per_second == 0
+
+
+@pytest.mark.parametrize("backend", ["smtp", "ses"])
+def test_zero_mail_rate_refused_for_real_mail(env: pytest.MonkeyPatch, backend: str) -> None:
+    message = _error(
+        env,
+        LIFECYCLE_MAIL_RATE_PER_SECOND="0",
+        LIFECYCLE_MAIL_BACKEND=backend,
+        LIFECYCLE_MAIL_FROM="no-reply@example.com",
+        LIFECYCLE_SMTP_HOST="smtp.example.com",
+    )
+    assert "LIFECYCLE_MAIL_RATE_PER_SECOND" in message
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "users/",  # no {user_id}
+        "users/{user_id}/{user_id}/",  # twice
+        "users/{user_id}",  # no trailing slash
+        "users/{user_id}/../other/",
+        "../{user_id}/",
+        "/users/{user_id}/",
+        "users/{user_id}/{other}/",
+    ],
+)
+def test_bad_storage_prefix(env: pytest.MonkeyPatch, prefix: str) -> None:
+    message = _error(env, LIFECYCLE_DELETION_PLAN=json.dumps({"storage_prefix": prefix}))
+    assert "LIFECYCLE_DELETION_PLAN" in message
+    assert "STORAGE_PREFIX" in message
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"table": "features; DROP TABLE users", "column": "proposed_by", "action": "delete"},
+        {"table": "features", "column": "proposed_by) OR 1=1 --", "action": "delete"},
+        {"table": "features", "column": "proposed_by", "action": "truncate"},
+        {"table": "features", "column": "proposed_by"},
+    ],
+)
+def test_bad_reference_rule(env: pytest.MonkeyPatch, rule: dict[str, str]) -> None:
+    message = _error(env, LIFECYCLE_DELETION_PLAN=json.dumps({"references": [rule]}))
+    assert "LIFECYCLE_DELETION_PLAN__REFERENCES" in message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: malformed JSON raises pydantic_settings.SettingsError, which get_settings "
+    "does not turn into lifecycle.settings.SettingsError",
+)
+def test_malformed_deletion_plan_json(env: pytest.MonkeyPatch) -> None:
+    message = _error(env, LIFECYCLE_DELETION_PLAN='{"storage_prefix": ')
+    assert "LIFECYCLE_DELETION_PLAN" in message
+
+
+def test_every_problem_is_reported(env: pytest.MonkeyPatch) -> None:
+    message = _error(
+        env, LIFECYCLE_STORAGE_URL="http://x", LIFECYCLE_APP_URL="nope", LIFECYCLE_SMTP_PORT="0"
+    )
+    for name in ("LIFECYCLE_STORAGE_URL", "LIFECYCLE_APP_URL", "LIFECYCLE_SMTP_PORT"):
+        assert name in message
