@@ -37,5 +37,6 @@ def bootstrap() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logger.addHandler(logging.StreamHandler())
+    logger.setLevel(logging.INFO)
     bootstrap()

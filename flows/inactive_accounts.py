@@ -48,43 +48,26 @@ class SweepSummary(BaseModel):
 
 @flow(name="inactive-accounts", validate_parameters=True)
 def inactive_accounts(
-    as_of: Annotated[
-        datetime | None,
-        Field(
-            description="Evaluate inactivity as of this instant (with time zone); default now. "
-            "A past date replays a missed day; the future is refused."
-        ),
-    ] = None,
-    dry_run: Annotated[
-        bool, Field(description="Count who would be warned or deleted, and change nothing.")
-    ] = False,
-    warn_after_days: Annotated[
-        int,
-        Field(ge=1, le=3650, description="Warn after more than this many days without a visit."),
-    ] = 60,
-    delete_after_days: Annotated[
-        int,
-        Field(
-            ge=2,
-            le=3650,
-            description="Delete after this many days without a visit; the "
-            "difference from warn_after_days is the grace period that follows every warning.",
-        ),
-    ] = 90,
-    batch_size: Annotated[
-        int, Field(ge=1, le=10_000, description="Users per batch; one Prefect task per batch.")
-    ] = 1000,
-    max_deletions: Annotated[
-        int,
-        Field(
-            ge=0,
-            le=10_000_000,
-            description="Refuse to run (and change nothing) if more "
-            "accounts than this are due deletion; raise it deliberately for a big backlog.",
-        ),
-    ] = 1000,
+    as_of: datetime | None = None,
+    dry_run: bool = False,
+    warn_after_days: Annotated[int, Field(ge=1, le=3650)] = 60,
+    delete_after_days: Annotated[int, Field(ge=2, le=3650)] = 90,
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 1000,
+    max_deletions: Annotated[int, Field(ge=0, le=10_000_000)] = 1000,
 ) -> SweepSummary:
-    """Warn, then delete, inactive non-paying accounts; see README for the exact policy."""
+    """Warn, then delete, inactive non-paying accounts; see README for the exact policy.
+
+    Args:
+        as_of: Evaluate inactivity as of this instant (with time zone); default now. A past
+            date replays a missed day; the future is refused.
+        dry_run: Count who would be warned or deleted, and change nothing.
+        warn_after_days: Warn after more than this many days without a visit.
+        delete_after_days: Delete after this many days without a visit; the difference from
+            warn_after_days is the grace period that follows every warning.
+        batch_size: Users per batch; one Prefect task per batch.
+        max_deletions: Refuse to run (and change nothing) if more accounts than this are due
+            deletion; raise it deliberately for a big backlog.
+    """
     logger = get_run_logger()
     params = SweepParams(
         as_of=_checked_as_of(as_of),

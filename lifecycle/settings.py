@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 
 class SettingsError(RuntimeError):
@@ -184,3 +185,8 @@ def get_settings() -> Settings:
             for err in exc.errors()
         )
         raise SettingsError(f"Invalid lifecycle settings: {problems}") from None
+    except SourceError as exc:  # a value that is not valid JSON, e.g. LIFECYCLE_DELETION_PLAN
+        raise SettingsError(
+            f"Invalid lifecycle settings: {exc}; JSON values such as LIFECYCLE_DELETION_PLAN "
+            "must be valid JSON"
+        ) from None

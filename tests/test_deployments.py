@@ -232,12 +232,6 @@ def test_inactive_accounts_parameter_defaults() -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in flows/inactive_accounts.py: Prefect 3.8.8's parameter schema drops "
-    "Field(description=...) given inside Annotated[...]; descriptions must come from a "
-    "Google-style 'Args:' docstring section (or `= Field(default, description=...)`).",
-)
 def test_parameters_are_documented(deployment: dict[str, Any], flow: Flow[Any, Any]) -> None:
     properties = flow.parameters.properties
     undocumented = sorted(name for name, spec in properties.items() if not spec.get("description"))

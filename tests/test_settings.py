@@ -262,11 +262,6 @@ def test_bad_reference_rule(env: pytest.MonkeyPatch, rule: dict[str, str]) -> No
     assert "LIFECYCLE_DELETION_PLAN__REFERENCES" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: malformed JSON raises pydantic_settings.SettingsError, which get_settings "
-    "does not turn into lifecycle.settings.SettingsError",
-)
 def test_malformed_deletion_plan_json(env: pytest.MonkeyPatch) -> None:
     message = _error(env, LIFECYCLE_DELETION_PLAN='{"storage_prefix": ')
     assert "LIFECYCLE_DELETION_PLAN" in message

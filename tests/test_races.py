@@ -1,0 +1,233 @@
+"""Races and crashes: concurrent runs, visits mid-sweep, failures between files and rows."""
+
+from __future__ import annotations
+
+import email
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from flows.inactive_accounts import inactive_accounts
+from lifecycle import accounts
+from lifecycle.db.schema import deletion_receipts, users
+from lifecycle.deletion_plan import resolve_plan
+from lifecycle.rules import Policy
+from lifecycle.settings import DeletionPlanSettings, Settings
+from lifecycle.storage import LocalStorage
+from lifecycle.sweep import SweepContext, delete_batch
+from tests.factories import insert_user, user_row
+
+NOW = datetime.now(UTC)
+POLICY = Policy()
+LEASE = timedelta(minutes=15)
+
+
+def days_ago(days: float) -> datetime:
+    return NOW - timedelta(days=days)
+
+
+def due_for_deletion(engine: sa.Engine) -> str:
+    return insert_user(engine, last_visit_at=days_ago(100), deletion_warning_sent_at=days_ago(35))
+
+
+def visit(engine: sa.Engine, user_id: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(users).where(users.c.id == user_id).values(last_visit_at=datetime.now(UTC))
+        )
+
+
+def storage_of(settings: Settings) -> LocalStorage:
+    return LocalStorage(root=Path(settings.resolved_storage_url.removeprefix("file://")))
+
+
+def test_visit_between_selection_and_claim_prevents_deletion(engine: sa.Engine) -> None:
+    user_id = due_for_deletion(engine)
+    with engine.connect() as conn:
+        page = accounts.deletion_page(
+            conn, kind="due", as_of=NOW, policy=POLICY, now=NOW, after=None, limit=10
+        )
+    assert [c.id for c in page] == [user_id]
+
+    visit(engine, user_id)
+    with engine.begin() as conn:
+        claimed = accounts.claim_deletion(
+            conn, user_id, as_of=NOW, policy=POLICY, claim_id="run-a", now=NOW, lease=LEASE
+        )
+    assert not claimed
+    row = user_row(engine, user_id)
+    assert row is not None and row.deletion_started_at is None
+
+
+def test_visit_between_selection_and_claim_prevents_warning(engine: sa.Engine) -> None:
+    user_id = insert_user(engine, last_visit_at=days_ago(70))
+    with engine.connect() as conn:
+        page = accounts.warning_page(conn, as_of=NOW, policy=POLICY, after=None, limit=10)
+    assert [c.id for c in page] == [user_id]
+
+    visit(engine, user_id)
+    with engine.begin() as conn:
+        recipients = accounts.claim_warnings(
+            conn, [user_id], as_of=NOW, policy=POLICY, claim_id="run-a", now=NOW, lease=LEASE
+        )
+    assert recipients == []
+
+
+class VisitingStorage(LocalStorage):
+    """Local storage during whose first deletion the application records a visit."""
+
+    def __init__(self, *, root: Path, engine: sa.Engine, visitor: str) -> None:
+        super().__init__(root=root)
+        self._engine, self._visitor = engine, visitor
+
+    def delete_prefix(self, prefix: str) -> int:
+        if self._visitor:
+            visit(self._engine, self._visitor)
+            self._visitor = ""
+        return super().delete_prefix(prefix)
+
+
+def test_user_who_visits_during_a_batch_is_not_deleted(engine: sa.Engine, tmp_path: Path) -> None:
+    first = insert_user(engine, last_visit_at=days_ago(100), deletion_warning_sent_at=days_ago(40))
+    second = insert_user(engine, last_visit_at=days_ago(100), deletion_warning_sent_at=days_ago(35))
+    storage = VisitingStorage(root=tmp_path, engine=engine, visitor=second)
+    for user_id in (first, second):
+        storage.put(f"users/{user_id}/file.txt", b"x")
+
+    report = delete_batch(
+        SweepContext(engine=engine, policy=POLICY, as_of=NOW, dry_run=False, lease=LEASE),
+        kind="due",
+        storage=storage,
+        plan=resolve_plan(engine, DeletionPlanSettings()),
+        after=None,
+        limit=10,
+        budget=10,
+    )
+
+    assert report.counts["deleted"] == 1 and report.counts["skipped"] == 1
+    assert user_row(engine, first) is None
+    assert user_row(engine, second) is not None
+    assert storage.count_prefix(f"users/{second}/") == 1
+
+
+def _break_user_deletes(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER break_deletes BEFORE DELETE ON users "
+                "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION break_deletes() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'injected failure'; END $$"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER break_deletes BEFORE DELETE ON users "
+                "FOR EACH ROW EXECUTE FUNCTION break_deletes()"
+            )
+
+
+def _mend_user_deletes(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "DROP TRIGGER break_deletes"
+            if engine.dialect.name == "sqlite"
+            else "DROP TRIGGER break_deletes ON users"
+        )
+
+
+def test_failure_after_files_before_row_is_finished_by_next_run(
+    engine: sa.Engine, lifecycle_env: Settings
+) -> None:
+    broken = due_for_deletion(engine)
+    healthy_warn = insert_user(engine, last_visit_at=days_ago(65))
+    storage = storage_of(lifecycle_env)
+    for i in range(3):
+        storage.put(f"users/{broken}/f{i}", b"x")
+    _break_user_deletes(engine)
+
+    state = inactive_accounts(return_state=True)
+
+    assert state.is_failed()
+    assert "1 accounts failed" in str(state.message)
+    row = user_row(engine, broken)
+    assert row is not None and row.deletion_started_at is not None
+    assert row.deletion_lease_until is None  # released: the next run may finish at once
+    assert storage.count_prefix(f"users/{broken}/") == 0
+    warned = user_row(engine, healthy_warn)
+    assert warned is not None and warned.deletion_warning_sent_at is not None  # others went on
+
+    _mend_user_deletes(engine)
+    visit(engine, broken)  # too late: the files are gone, the deletion must complete
+    summary = inactive_accounts()
+
+    assert summary.counts == {"deleted": 1}
+    assert user_row(engine, broken) is None
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(deletion_receipts)).scalar() == 1
+
+
+def test_crashed_run_is_resumed_after_its_lease_expires(
+    engine: sa.Engine, lifecycle_env: Settings
+) -> None:
+    crashed = insert_user(
+        engine,
+        last_visit_at=days_ago(100),
+        deletion_warning_sent_at=days_ago(35),
+        deletion_started_at=NOW - timedelta(hours=1),
+        deletion_claim_id="dead-run",
+        deletion_lease_until=NOW - timedelta(minutes=1),
+    )
+    in_flight = insert_user(
+        engine,
+        last_visit_at=days_ago(100),
+        deletion_warning_sent_at=days_ago(35),
+        deletion_started_at=NOW,
+        deletion_claim_id="live-run",
+        deletion_lease_until=NOW + timedelta(minutes=10),
+    )
+    storage_of(lifecycle_env).put(f"users/{crashed}/left-over.txt", b"x")
+
+    summary = inactive_accounts()
+
+    assert summary.counts == {"deleted": 1}
+    assert user_row(engine, crashed) is None
+    assert storage_of(lifecycle_env).count_prefix(f"users/{crashed}/") == 0
+    assert user_row(engine, in_flight) is not None  # another live run holds it
+
+
+def test_two_concurrent_runs_never_mail_or_delete_twice(
+    engine: sa.Engine, lifecycle_env: Settings
+) -> None:
+    warn_ids = [insert_user(engine, last_visit_at=days_ago(61 + i % 30)) for i in range(40)]
+    delete_ids = [due_for_deletion(engine) for _ in range(12)]
+    storage = storage_of(lifecycle_env)
+    for user_id in delete_ids:
+        storage.put(f"users/{user_id}/a.txt", b"x")
+
+    inactive_accounts(dry_run=True)  # warm up the client in this thread first
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = [pool.submit(inactive_accounts, batch_size=5, return_state=True) for _ in range(2)]
+        states = [run.result() for run in runs]
+
+    assert all(state.is_completed() for state in states)
+    totals: Counter[str] = Counter()
+    for state in states:
+        totals.update(state.result().counts)
+    assert totals["warned"] == 40 and totals["deleted"] == 12
+    mails = [
+        email.message_from_bytes(p.read_bytes())["To"]
+        for p in lifecycle_env.resolved_outbox_dir.glob("*.eml")
+    ]
+    assert len(mails) == 40 and len(set(mails)) == 40
+    with engine.connect() as conn:
+        receipts = conn.execute(sa.select(sa.func.count()).select_from(deletion_receipts)).scalar()
+        remaining = conn.execute(
+            sa.select(sa.func.count()).select_from(users).where(users.c.id.in_(delete_ids))
+        ).scalar()
+    assert receipts == 12 and remaining == 0
+    assert all(user_row(engine, uid).deletion_warning_sent_at for uid in warn_ids)  # type: ignore[union-attr]
