@@ -207,7 +207,9 @@ def load_dataset(conninfo: str, storage_root: Path, *, size: int, seed: int) -> 
         user_id for user_id, kind in zip(ids, kinds, strict=True) if kind == DELETE
     ]
 
-    features = [rng.choice(data.deletable_ids) for _ in range(FEATURES_BY_DELETABLE)]
+    features: list[str | None] = [
+        rng.choice(data.deletable_ids) for _ in range(FEATURES_BY_DELETABLE)
+    ]
     features += [
         rng.choice(ids) if rng.random() < 0.9 else None
         for _ in range(round(size * FEATURE_SHARE) - FEATURES_BY_DELETABLE)
@@ -273,7 +275,7 @@ class Postgres:
         url = self._admin.set(drivername="postgresql+psycopg", database=name)
         return url.render_as_string(hide_password=False)
 
-    def _execute(self, statement: sql.Composable) -> None:
+    def _execute(self, statement: sql.Composed) -> None:
         with psycopg.connect(
             self.conninfo(self._admin.database or "postgres"), autocommit=True
         ) as c:
