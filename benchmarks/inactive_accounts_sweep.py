@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -312,6 +313,10 @@ class PortResult:
     warned: int = 0
     deleted: int = 0
     errors: int = 0
+    phases: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def breakdown(self) -> str:
+        return ", ".join(f"{name} {secs:.1f} s" for name, secs in self.phases.items())
 
 
 def run_port(conninfo: str, storage_root: Path, outbox: Path) -> PortResult:
@@ -362,12 +367,15 @@ def run_port(conninfo: str, storage_root: Path, outbox: Path) -> PortResult:
             storage.delete_prefix(f"users/{user_id}/")
 
         # getAllUsers([...]): every user, the needed columns only.
+        mark = time.perf_counter()
         everyone = conn.execute(
             "SELECT id, email, name, deletion_warning_sent_at, last_visit_at, lifetime_deal,"
             " subscription_status, subscription_ends_at, free_trial_ends_at FROM users"
         ).fetchall()
         now = datetime.now(UTC)
+        result.phases["scan"] += time.perf_counter() - mark
         for user_id, email, name, warned, last_visit, lifetime, status, ends, trial in everyone:
+            mark = time.perf_counter()
             try:
                 if trial is not None and trial > now:
                     continue
@@ -380,6 +388,7 @@ def run_port(conninfo: str, storage_root: Path, outbox: Path) -> PortResult:
                     if warned + GRACE < now:
                         delete_user(user_id)
                         result.deleted += 1
+                        result.phases["delete"] += time.perf_counter() - mark
                 elif now - last_visit > WARN_AFTER:
                     mailer.send(inactivity_warning(to=email, name=name, context=context))
                     conn.execute(
@@ -387,10 +396,12 @@ def run_port(conninfo: str, storage_root: Path, outbox: Path) -> PortResult:
                         (now, user_id),
                     )
                     result.warned += 1
+                    result.phases["warn"] += time.perf_counter() - mark
             except Exception as exc:  # reportError: log and go on with the next user
                 result.errors += 1
                 print(f"port: user failed: {type(exc).__name__}", file=sys.stderr)
     result.seconds = time.perf_counter() - started
+    result.phases["decide (rest)"] = result.seconds - sum(result.phases.values())
     return result
 
 
@@ -403,6 +414,12 @@ class FlowResult:
     state: str
     tasks: int
     counts: dict[str, int]
+    task_seconds: dict[str, tuple[int, float]]  # task name -> (runs, seconds running)
+
+    def breakdown(self) -> str:
+        parts = [f"{name} x{n} {secs:.1f} s" for name, (n, secs) in self.task_seconds.items()]
+        outside = self.seconds - sum(secs for _, secs in self.task_seconds.values())
+        return ", ".join([*parts, f"outside tasks {outside:.1f} s"])
 
 
 def configure_environment(db_url: str, storage_root: Path, outbox: Path, data_dir: Path) -> str:
@@ -450,21 +467,31 @@ def warm_up_prefect() -> float:
     return time.perf_counter() - started
 
 
-def count_task_runs(flow_run_id: uuid.UUID) -> int:
+def task_runs(flow_run_id: uuid.UUID) -> list[Any]:
+    """Every task run of the flow run, read through the API in pages."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    page, total = 200, 0
+    page, runs = 200, list[Any]()
     with get_client(sync_client=True) as client:
         while True:
-            runs = client.read_task_runs(
+            batch = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
                 limit=page,
-                offset=total,
+                offset=len(runs),
             )
-            total += len(runs)
-            if len(runs) < page:
-                return total
+            runs.extend(batch)
+            if len(batch) < page:
+                return runs
+
+
+def seconds_per_task(runs: list[Any]) -> dict[str, tuple[int, float]]:
+    totals: dict[str, tuple[int, float]] = {}
+    for run in runs:
+        name = run.name.rsplit("-", 1)[0]  # "warn-inactive-batch-3aa" -> "warn-inactive-batch"
+        n, secs = totals.get(name, (0, 0.0))
+        totals[name] = (n + 1, secs + run.total_run_time.total_seconds())
+    return totals
 
 
 def run_our_flow(profile_to: Path | None) -> FlowResult:
@@ -484,8 +511,14 @@ def run_our_flow(profile_to: Path | None) -> FlowResult:
     if not isinstance(summary, SweepSummary):
         print(f"our flow ended {state.type.value}: {summary!r}")
     flow_run_id = state.state_details.flow_run_id
-    tasks = count_task_runs(flow_run_id) if flow_run_id else -1
-    return FlowResult(seconds=seconds, state=state.type.value, tasks=tasks, counts=dict(counts))
+    runs = task_runs(flow_run_id) if flow_run_id else []
+    return FlowResult(
+        seconds=seconds,
+        state=state.type.value,
+        tasks=len(runs),
+        counts=dict(counts),
+        task_seconds=seconds_per_task(runs),
+    )
 
 
 # --------------------------------------------------------------------------- checks
@@ -623,7 +656,7 @@ def bench_size(
         print(f"  Prefect warm-up flow (not timed): {warm_up_prefect():.1f} s")
     started_at = datetime.now(UTC)
     print("  running our flow ...")
-    ours = run_our_flow(profile)
+    ours = run_our_flow(profile / f"ours-{size}.prof" if profile else None)
     ours_outcome = outcome(pg.conninfo(name), data, started_at, storage, outbox)
 
     print(f"users in table:         {data.size:>10,}")
@@ -635,18 +668,21 @@ def bench_size(
         f"our flow:               {ours.seconds:>10.1f} s  "
         f"({data.size / ours.seconds:,.0f} users/s), state {ours.state}, counts {ours.counts}"
     )
+    print(f"  where it went:        {ours.breakdown()}")
     if port is not None:
         print(
             f"port of the source:     {port.seconds:>10.1f} s  "
             f"({data.size / port.seconds:,.0f} users/s), errors {port.errors}"
         )
+        print(f"  where it went:        {port.breakdown()}")
     print(
         f"Prefect task runs:      {ours.tasks:>10,}  "
         f"({ACTIONABLE / max(ours.tasks, 1):,.0f} actionable users per task)"
     )
     if port is not None:
         ratio = port.seconds / ours.seconds
-        print(f"ratio port/ours:        {ratio:>10.1f}x")
+        note = "  (our run was under cProfile: not comparable)" if profile else ""
+        print(f"ratio port/ours:        {ratio:>10.1f}x{note}")
         verdicts.check(
             "speed-up over the port",
             ratio >= TARGET_RATIO,
@@ -671,7 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--users", type=int, help="run this single size (overrides --sizes)")
     parser.add_argument("--skip-port", action="store_true", help="time our flow only")
-    parser.add_argument("--profile", type=Path, help="write cProfile stats of our first run here")
+    parser.add_argument(
+        "--profile", type=Path, help="directory for cProfile stats of our runs (slows them)"
+    )
     parser.add_argument("--seed", type=int, default=20240826)
     args = parser.parse_args(argv)
     sizes = [args.users] if args.users else [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -681,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     pg = Postgres(os.environ.get("LIFECYCLE_BENCH_POSTGRES_URL", DEFAULT_ADMIN_URL))
     workdir = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     verdicts = Verdicts()
@@ -695,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
                     size=size,
                     seed=args.seed,
                     with_port=position == 0 and not args.skip_port,
-                    profile=args.profile if position == 0 else None,
+                    profile=args.profile,
                     warm=position == 0,
                 )
             )
@@ -716,10 +756,11 @@ def main(argv: list[str] | None = None) -> int:
             size_ratio <= TARGET_SIZE_RATIO,
             f"{size_ratio:.2f}x (target <= {TARGET_SIZE_RATIO}x)",
         )
-    if args.profile and args.profile.exists():
+    if args.profile and runs:
+        stats = args.profile / f"ours-{runs[0].size}.prof"
         out = io.StringIO()
-        pstats.Stats(str(args.profile), stream=out).sort_stats("cumulative").print_stats(40)
-        print(f"\ncProfile of our first run (cumulative, top 40; full stats: {args.profile})")
+        pstats.Stats(str(stats), stream=out).sort_stats("cumulative").print_stats(40)
+        print(f"\ncProfile of our first run (cumulative, top 40; full stats: {stats})")
         print(out.getvalue())
     print("\nall targets met" if not verdicts.failed else f"\nmissed: {', '.join(verdicts.failed)}")
     return 1 if verdicts.failed else 0
