@@ -273,12 +273,14 @@ def run_rate_limit_worker(first: int, count: int, outbox: Path) -> int:
     return 0
 
 
-def run_pair(commands: list[list[str]], env: dict[str, str], logs: Path) -> list[dict[str, Any]]:
+def run_pair(
+    label: str, commands: list[list[str]], env: dict[str, str], logs: Path
+) -> list[dict[str, Any]]:
     """Start the commands together, wait for both, and return their RESULT lines."""
     processes = []
     for number, command in enumerate(commands, start=1):
-        out = (logs / f"worker{number}.out").open("wb")
-        err = (logs / f"worker{number}.err").open("wb")
+        out = (logs / f"{label}{number}.out").open("wb")
+        err = (logs / f"{label}{number}.err").open("wb")
         processes.append((subprocess.Popen(command, env=env, stdout=out, stderr=err), out, err))
     results: list[dict[str, Any]] = []
     try:
@@ -286,12 +288,12 @@ def run_pair(commands: list[list[str]], env: dict[str, str], logs: Path) -> list
             code = process.wait(timeout=WORKER_TIMEOUT)
             out.close()
             err.close()
-            text = (logs / f"worker{number}.out").read_text(errors="replace")
+            text = (logs / f"{label}{number}.out").read_text(errors="replace")
             lines = [line for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
             result = json.loads(lines[-1][len(RESULT_PREFIX) :]) if lines else {}
             result["exit"] = code
             if code != 0 or not lines:
-                tail = (logs / f"worker{number}.err").read_text(errors="replace")[-2000:]
+                tail = (logs / f"{label}{number}.err").read_text(errors="replace")[-2000:]
                 print(f"worker {number} exited {code}; stderr tail:\n{tail}")
             results.append(result)
     finally:
@@ -307,9 +309,83 @@ def run_pair(commands: list[list[str]], env: dict[str, str], logs: Path) -> list
 # --------------------------------------------------------------------------- main
 
 
-def measure(workdir: Path, logs: Path) -> list[str]:
-    """Both measurements against one server; returns the names of missed targets."""
+def flow_env(workdir: Path, api_url: str) -> dict[str, str]:
+    """The environment of a flow process: our server, the test database and a shared outbox."""
+    env = base_env(workdir / "client-home")
+    env.update(
+        {
+            "PREFECT_API_URL": api_url,
+            "LIFECYCLE_DATABASE_URL": f"sqlite:///{workdir / 'lifecycle.db'}",
+            "LIFECYCLE_DATA_DIR": str(workdir / "data"),
+            "LIFECYCLE_STORAGE_URL": (workdir / "storage").as_uri(),
+            "LIFECYCLE_OUTBOX_DIR": str(workdir / "outbox"),
+            "LIFECYCLE_MAIL_BACKEND": "outbox",
+            "LIFECYCLE_MAIL_RATE_PER_SECOND": f"{RATE:g}",
+            "LIFECYCLE_MAIL_LIMIT_NAME": MAIL_LIMIT,
+        }
+    )
+    return env
+
+
+def measure_flows(workdir: Path, logs: Path, api_url: str) -> list[str]:
+    """Two concurrent runs of our flow; returns the names of missed targets."""
     failed: list[str] = []
+
+    def check(name: str, ok: bool, detail: str) -> None:
+        print(f"{'PASS' if ok else 'FAIL'}: {name}: {detail}")
+        if not ok:
+            failed.append(name)
+
+    env = flow_env(workdir, api_url)
+    seed_users(env["LIFECYCLE_DATABASE_URL"], USERS)
+    print(f"running two inactive-accounts flows ({USERS:,} users due a warning) ...")
+    started = time.perf_counter()
+    flow_cmd = [sys.executable, str(SCRIPT), "flow-worker"]
+    results = run_pair("flow", [flow_cmd, flow_cmd], env, logs)
+    print(f"both flows finished in {time.perf_counter() - started:.1f} s")
+    sends = Sends.read(workdir / "outbox")
+    split = {f"process {n}": int(r.get("warned", 0)) for n, r in enumerate(results, start=1)}
+    print_sends(f"our flow x2, mail rate {RATE:g}/s (PacedSender + lease mutex)", sends, split)
+    for number, result in enumerate(results, start=1):
+        check(f"flow run {number} completed", result.get("state") == "COMPLETED", str(result))
+    check("all mails sent", sends.count == USERS, f"{sends.count} of {USERS}")
+    check("no duplicates", sends.duplicates == 0, f"{sends.duplicates} recipients twice")
+    check(
+        "achieved rate",
+        sends.rate >= TARGET_SHARE * RATE,
+        f"{sends.rate:.2f}/s (target >= {TARGET_SHARE * RATE:.2f}/s = 95% of {RATE:g}/s)",
+    )
+    check("max 1-s window", sends.max_window() <= RATE, f"{sends.max_window()} (target <= 14)")
+    return failed
+
+
+def measure_baseline(workdir: Path, logs: Path, api_url: str) -> None:
+    """Prefect's plain rate_limit from two processes, 500 mails each (no target)."""
+    from prefect.client.orchestration import get_client
+
+    print(f"\nrunning the baseline: rate_limit(limit={RATE:g}, decay={RATE:g}/s) x2 ...")
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(
+            BASELINE_LIMIT, limit=int(RATE), slot_decay_per_second=RATE
+        )
+    outbox, half = workdir / "baseline-outbox", USERS // 2
+    command = [sys.executable, str(SCRIPT), "rate-limit-worker", "--outbox", str(outbox)]
+    started = time.perf_counter()
+    results = run_pair(
+        "baseline",
+        [[*command, "--first", str(first), "--count", str(half)] for first in (0, half)],
+        flow_env(workdir, api_url),
+        logs,
+    )
+    print(f"both baseline processes finished in {time.perf_counter() - started:.1f} s")
+    split = {f"process {n}": int(r.get("sent", 0)) for n, r in enumerate(results, start=1)}
+    print_sends(
+        "baseline: prefect.concurrency.sync.rate_limit (no target)", Sends.read(outbox), split
+    )
+
+
+def measure(workdir: Path, logs: Path, *, baseline: bool) -> list[str]:
+    """Both measurements against one server; returns the names of missed targets."""
     with (
         (logs / "server.log").open("wb") as server_log,
         PrefectServer(workdir / "prefect-home", server_log) as server,
@@ -318,82 +394,9 @@ def measure(workdir: Path, logs: Path) -> list[str]:
         os.environ["PREFECT_API_URL"] = server.api_url  # before this process imports prefect
         os.environ["PREFECT_HOME"] = str(workdir / "client-home")
         os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-
-        database_url = f"sqlite:///{workdir / 'lifecycle.db'}"
-        seed_users(database_url, USERS)
-        outbox = workdir / "outbox"
-        env = base_env(workdir / "client-home")
-        env.update(
-            {
-                "PREFECT_API_URL": server.api_url,
-                "LIFECYCLE_DATABASE_URL": database_url,
-                "LIFECYCLE_DATA_DIR": str(workdir / "data"),
-                "LIFECYCLE_STORAGE_URL": (workdir / "storage").as_uri(),
-                "LIFECYCLE_OUTBOX_DIR": str(outbox),
-                "LIFECYCLE_MAIL_BACKEND": "outbox",
-                "LIFECYCLE_MAIL_RATE_PER_SECOND": f"{RATE:g}",
-                "LIFECYCLE_MAIL_LIMIT_NAME": MAIL_LIMIT,
-            }
-        )
-        print(f"running two inactive-accounts flows ({USERS:,} users due a warning) ...")
-        started = time.perf_counter()
-        flow_cmd = [sys.executable, str(SCRIPT), "flow-worker"]
-        results = run_pair([flow_cmd, flow_cmd], env, logs)
-        print(f"both flows finished in {time.perf_counter() - started:.1f} s")
-        sends = Sends.read(outbox)
-        split = {f"process {n}": int(r.get("warned", 0)) for n, r in enumerate(results, start=1)}
-        print_sends(f"our flow x2, mail rate {RATE:g}/s (PacedSender + lease mutex)", sends, split)
-        for number, result in enumerate(results, start=1):
-            if result.get("state") != "COMPLETED":
-                print(f"FAIL: flow run {number}: {result}")
-                failed.append(f"flow run {number}")
-
-        def check(name: str, ok: bool, detail: str) -> None:
-            print(f"{'PASS' if ok else 'FAIL'}: {name}: {detail}")
-            if not ok:
-                failed.append(name)
-
-        check("all mails sent", sends.count == USERS, f"{sends.count} of {USERS}")
-        check("no duplicates", sends.duplicates == 0, f"{sends.duplicates} recipients twice")
-        check(
-            "achieved rate",
-            sends.rate >= TARGET_SHARE * RATE,
-            f"{sends.rate:.2f}/s (target >= {TARGET_SHARE * RATE:.2f}/s = 95% of {RATE:g}/s)",
-        )
-        check("max 1-s window", sends.max_window() <= RATE, f"{sends.max_window()} (target <= 14)")
-
-        print(f"\nrunning the baseline: rate_limit(limit={RATE:g}, decay={RATE:g}/s) x2 ...")
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
-            client.upsert_global_concurrency_limit_by_name(
-                BASELINE_LIMIT, limit=int(RATE), slot_decay_per_second=RATE
-            )
-        baseline_outbox = workdir / "baseline-outbox"
-        half = USERS // 2
-        started = time.perf_counter()
-        results = run_pair(
-            [
-                [
-                    sys.executable,
-                    str(SCRIPT),
-                    "rate-limit-worker",
-                    "--first",
-                    str(first),
-                    "--count",
-                    str(half),
-                    "--outbox",
-                    str(baseline_outbox),
-                ]
-                for first in (0, half)
-            ],
-            env,
-            logs,
-        )
-        print(f"both baseline processes finished in {time.perf_counter() - started:.1f} s")
-        baseline = Sends.read(baseline_outbox)
-        split = {f"process {n}": int(r.get("sent", 0)) for n, r in enumerate(results, start=1)}
-        print_sends("baseline: prefect.concurrency.sync.rate_limit (no target)", baseline, split)
+        failed = measure_flows(workdir, logs, server.api_url)
+        if baseline:
+            measure_baseline(workdir, logs, server.api_url)
     return failed
 
 
@@ -406,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--count", type=int, required=True)
     worker.add_argument("--outbox", type=Path, required=True)
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    parser.add_argument("--skip-baseline", action="store_true", help="measure our flow only")
     args = parser.parse_args(argv)
     if args.command == "flow-worker":
         return run_flow_worker()
@@ -416,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = workdir / "logs"
     logs.mkdir()
     try:
-        failed = measure(workdir, logs)
+        failed = measure(workdir, logs, baseline=not args.skip_baseline)
     finally:
         if args.keep:
             print(f"work directory kept: {workdir}")
