@@ -24,6 +24,7 @@ or ``PREFECT_HOME`` is already set, Prefect keeps its ephemeral server in a temp
 from __future__ import annotations
 
 import argparse
+import atexit
 import cProfile
 import io
 import os
@@ -422,20 +423,8 @@ class FlowResult:
         return ", ".join([*parts, f"outside tasks {outside:.1f} s"])
 
 
-def configure_environment(db_url: str, storage_root: Path, outbox: Path, data_dir: Path) -> str:
-    """Point the flow's settings at this database, storage and outbox; returns the mail rate."""
-    from pydantic import ValidationError
-
-    from lifecycle.settings import Settings
-
-    rate = "0"
-    try:
-        Settings(mail_rate_per_second=0)
-    except ValidationError:
-        # Settings currently declare mail_rate_per_second gt=0, so "0 = unpaced" is rejected.
-        # The highest allowed rate keeps pacing negligible (a 1 ms spacing and one mutex
-        # acquisition per 5 s of sending).
-        rate = "1000"
+def configure_environment(db_url: str, storage_root: Path, outbox: Path, data_dir: Path) -> None:
+    """Point the flow's settings at this database, storage and outbox, with mail unpaced."""
     os.environ.update(
         {
             "LIFECYCLE_DATABASE_URL": db_url,
@@ -443,11 +432,10 @@ def configure_environment(db_url: str, storage_root: Path, outbox: Path, data_di
             "LIFECYCLE_STORAGE_URL": storage_root.resolve().as_uri(),
             "LIFECYCLE_OUTBOX_DIR": str(outbox),
             "LIFECYCLE_MAIL_BACKEND": "outbox",
-            "LIFECYCLE_MAIL_RATE_PER_SECOND": rate,
+            "LIFECYCLE_MAIL_RATE_PER_SECOND": "0",  # unpaced: the port has no limiter either
             "LIFECYCLE_MAIL_LIMIT_NAME": "bench-mail",
         }
     )
-    return rate
 
 
 def warm_up_prefect() -> float:
@@ -631,9 +619,7 @@ def bench_size(
         f"  users {data.size:,}, features {data.features:,}, scoreboard entries "
         f"{data.scoreboard_entries:,}, files {data.files:,}"
     )
-    rate = configure_environment(pg.sqlalchemy_url(name), storage, outbox, root / "data")
-    if rate != "0":
-        print(f"  NOTE: Settings reject LIFECYCLE_MAIL_RATE_PER_SECOND=0; using {rate}")
+    configure_environment(pg.sqlalchemy_url(name), storage, outbox, root / "data")
 
     port: PortResult | None = None
     port_outcome: Outcome | None = None
@@ -715,7 +701,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [args.users] if args.users else [int(s) for s in args.sizes.split(",") if s.strip()]
 
     if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
-        os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="bench-prefect-home-")
+        home = tempfile.mkdtemp(prefix="bench-prefect-home-")
+        os.environ["PREFECT_HOME"] = home
+        # Registered before Prefect is imported, so it runs after Prefect's own exit handlers
+        # have stopped the ephemeral server.
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 

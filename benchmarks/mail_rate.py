@@ -101,6 +101,9 @@ class Sends:
             best = max(best, end - start)
         return best
 
+    def gaps_ms(self) -> list[float]:
+        return [(b - a) / 1e6 for a, b in zip(self.times_ns, self.times_ns[1:], strict=False)]
+
     def slowest_second(self) -> int:
         """Fewest sends in any whole second of the run (shows gaps at hand-overs)."""
         if self.count < 2:
@@ -119,6 +122,14 @@ def print_sends(label: str, sends: Sends, split: dict[str, int]) -> None:
     print(f"achieved rate:           {sends.rate:.2f} mails/s (target rate {RATE:g}/s)")
     print(f"max in a 1-s window:     {sends.max_window()}")
     print(f"fewest in a full second: {sends.slowest_second()}")
+    gaps = sends.gaps_ms()
+    if gaps:
+        stalls = [gap for gap in gaps if gap > 500]
+        print(
+            f"gaps between mails:      min {min(gaps):.1f} ms, median "
+            f"{sorted(gaps)[len(gaps) // 2]:.1f} ms, {len(stalls)} over 0.5 s "
+            f"(together {sum(stalls) / 1000:.1f} s)"
+        )
     print(f"per-process split:       {split}")
 
 
