@@ -142,6 +142,22 @@ def count_due(conn: sa.Connection, *, as_of: datetime, policy: Policy, now: date
     )
 
 
+def _claimable(ids: list[str], condition: ColumnElement[bool]) -> sa.Select[tuple[str]]:
+    """Row-locked ids among ``ids`` that meet ``condition``, in id order.
+
+    On PostgreSQL the rows are locked in one order and rows another run is claiming right now
+    are skipped (``SKIP LOCKED``), so concurrent claims neither deadlock nor wait; SQLite takes
+    one writer at a time and ignores the clause.
+    """
+    return (
+        sa.select(u.id)
+        .where(u.id.in_(ids), condition)
+        .order_by(u.id)
+        .with_for_update(skip_locked=True)
+        .correlate(None)  # its own scan of users, not the UPDATE's row
+    )
+
+
 def claim_warnings(
     conn: sa.Connection,
     ids: list[str],
@@ -153,17 +169,19 @@ def claim_warnings(
     lease: timedelta,
 ) -> list[Recipient]:
     """Lease the users still due a warning; no other run can claim them until released."""
+    condition = sa.and_(
+        due_for_warning(as_of, policy),
+        sa.or_(u.warning_lease_until.is_(None), u.warning_lease_until < now),
+    )
     statement = (
         sa.update(users)
-        .where(
-            u.id.in_(ids),
-            due_for_warning(as_of, policy),
-            sa.or_(u.warning_lease_until.is_(None), u.warning_lease_until < now),
-        )
+        .where(u.id.in_(_claimable(ids, condition).scalar_subquery()), condition)
         .values(warning_claim_id=claim_id, warning_lease_until=now + lease)
         .returning(u.id, u.email, u.name)
     )
-    return [Recipient(id=row[0], email=row[1], name=row[2]) for row in conn.execute(statement)]
+    order = {user_id: index for index, user_id in enumerate(ids)}
+    rows = sorted(conn.execute(statement), key=lambda row: order[row[0]])
+    return [Recipient(id=row[0], email=row[1], name=row[2]) for row in rows]
 
 
 def confirm_warnings(
@@ -193,30 +211,33 @@ def release_warnings(conn: sa.Connection, ids: list[str], *, claim_id: str) -> N
     )
 
 
-def claim_deletion(
+def claim_deletions(
     conn: sa.Connection,
-    user_id: str,
+    ids: list[str],
     *,
     as_of: datetime,
     policy: Policy,
     claim_id: str,
     now: datetime,
     lease: timedelta,
-) -> bool:
-    """The point of no return: mark the user as being deleted if the policy still says so."""
-    result = conn.execute(
+) -> list[str]:
+    """The point of no return: mark the users the policy still says to delete, in ``ids`` order.
+
+    Interrupted deletions are claimed whatever the user did since: their files may be gone.
+    """
+    condition = sa.or_(due_for_deletion(as_of, policy), interrupted_deletion(now))
+    statement = (
         sa.update(users)
-        .where(
-            u.id == user_id,
-            sa.or_(due_for_deletion(as_of, policy), interrupted_deletion(now)),
-        )
+        .where(u.id.in_(_claimable(ids, condition).scalar_subquery()), condition)
         .values(
             deletion_started_at=sa.func.coalesce(u.deletion_started_at, _ts(now)),
             deletion_claim_id=claim_id,
             deletion_lease_until=now + lease,
         )
+        .returning(u.id)
     )
-    return result.rowcount == 1
+    claimed = {row[0] for row in conn.execute(statement)}
+    return [user_id for user_id in ids if user_id in claimed]
 
 
 def release_deletion(conn: sa.Connection, user_ids: list[str], *, claim_id: str) -> None:

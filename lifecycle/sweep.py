@@ -2,8 +2,9 @@
 
 A batch reads one keyset page of candidates, then acts on each user through claims that
 re-check the policy. One user's failure is recorded (with a pseudonym, never the address) and
-the batch goes on. Deletion order per user: object storage, then referencing rows and the user
-row in one transaction; a crash in between leaves the user marked, and the next run finishes it.
+the batch goes on. Deletions are claimed a few users at a time (one commit each); then, per
+group: object storage, then referencing rows and user rows in one transaction. A crash in
+between leaves the users marked as started, and the next run finishes them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from lifecycle.storage import ObjectStorage
 
 #: Confirm sent warnings in groups this large, so a crash re-sends at most this many.
 CONFIRM_EVERY = 50
+#: Users claimed for deletion together: one commit per group, and a user's files are deleted
+#: at most one group's storage work after the claim that re-checked their inactivity.
+CLAIM_GROUP = 20
 #: Stop sending from a claim this long before its lease runs out.
 LEASE_MARGIN = timedelta(seconds=60)
 
@@ -152,53 +156,70 @@ def delete_batch(
 ) -> BatchReport:
     """Delete one page of users due deletion (or finish interrupted ones), at most ``budget``."""
     report = BatchReport()
-    now = ctx.clock()
     with ctx.engine.connect() as conn:
         page = accounts.deletion_page(
-            conn, kind=kind, as_of=ctx.as_of, policy=ctx.policy, now=now, after=after, limit=limit
+            conn,
+            kind=kind,
+            as_of=ctx.as_of,
+            policy=ctx.policy,
+            now=ctx.clock(),
+            after=after,
+            limit=limit,
         )
     if ctx.dry_run:
         report.counts["would_delete"] += len(page)
         return _finish_page(report, page, limit)
 
     claim_id = str(uuid.uuid4())
+    done = 0
+    while done < len(page) and budget > 0:
+        group = [c.id for c in page[done : done + min(CLAIM_GROUP, budget)]]
+        done += len(group)
+        budget -= _delete_group(ctx, storage, plan, group, claim_id, report)
+    report.counts["over_budget"] += len(page) - done
+    report.counts["deleted"] += len(report.deleted)
+    report.counts["failed"] += len(report.failures)
+    return _finish_page(report, page, limit)
+
+
+def _delete_group(
+    ctx: SweepContext,
+    storage: ObjectStorage,
+    plan: DeletionPlan,
+    ids: list[str],
+    claim_id: str,
+    report: BatchReport,
+) -> int:
+    """Claim a few users, delete their files, then their rows; returns how many were claimed."""
+    try:
+        with ctx.engine.begin() as conn:
+            claimed = accounts.claim_deletions(
+                conn,
+                ids,
+                as_of=ctx.as_of,
+                policy=ctx.policy,
+                claim_id=claim_id,
+                now=ctx.clock(),
+                lease=ctx.lease,
+            )
+    except Exception as exc:
+        error = describe_error(exc)
+        report.failures.extend(Failure(ctx.subject(user_id), "claim", error) for user_id in ids)
+        return 0
+    report.counts["skipped"] += len(ids) - len(claimed)
     cleaned: dict[str, int] = {}
     failed: list[str] = []
-    for candidate in page:
-        if len(cleaned) + len(failed) >= budget:
-            report.counts["over_budget"] += 1
-            continue
-        subject = ctx.subject(candidate.id)
+    for user_id in claimed:
         try:
-            with ctx.engine.begin() as conn:
-                claimed = accounts.claim_deletion(
-                    conn,
-                    candidate.id,
-                    as_of=ctx.as_of,
-                    policy=ctx.policy,
-                    claim_id=claim_id,
-                    now=ctx.clock(),
-                    lease=ctx.lease,
-                )
+            cleaned[user_id] = storage.delete_prefix(plan.prefix_for(user_id))
         except Exception as exc:
-            report.failures.append(Failure(subject, "claim", describe_error(exc)))
-            continue
-        if not claimed:
-            report.counts["skipped"] += 1
-            continue
-        try:
-            cleaned[candidate.id] = storage.delete_prefix(plan.prefix_for(candidate.id))
-        except Exception as exc:
-            failed.append(candidate.id)
-            report.failures.append(Failure(subject, "storage", describe_error(exc)))
-
+            failed.append(user_id)
+            report.failures.append(Failure(ctx.subject(user_id), "storage", describe_error(exc)))
     _remove_rows(ctx, plan, cleaned, claim_id, report)
     if failed:
         with ctx.engine.begin() as conn:
             accounts.release_deletion(conn, failed, claim_id=claim_id)
-    report.counts["deleted"] += len(report.deleted)
-    report.counts["failed"] += len(report.failures)
-    return _finish_page(report, page, limit)
+    return len(claimed)
 
 
 def _remove_rows(

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from flows.inactive_accounts import inactive_accounts
@@ -17,7 +18,7 @@ from lifecycle.deletion_plan import resolve_plan
 from lifecycle.rules import Policy
 from lifecycle.settings import DeletionPlanSettings, Settings
 from lifecycle.storage import LocalStorage
-from lifecycle.sweep import SweepContext, delete_batch
+from lifecycle.sweep import CLAIM_GROUP, SweepContext, delete_batch
 from tests.factories import insert_user, user_row
 
 NOW = datetime.now(UTC)
@@ -54,10 +55,10 @@ def test_visit_between_selection_and_claim_prevents_deletion(engine: sa.Engine) 
 
     visit(engine, user_id)
     with engine.begin() as conn:
-        claimed = accounts.claim_deletion(
-            conn, user_id, as_of=NOW, policy=POLICY, claim_id="run-a", now=NOW, lease=LEASE
+        claimed = accounts.claim_deletions(
+            conn, [user_id], as_of=NOW, policy=POLICY, claim_id="run-a", now=NOW, lease=LEASE
         )
-    assert not claimed
+    assert claimed == []
     row = user_row(engine, user_id)
     assert row is not None and row.deletion_started_at is None
 
@@ -91,10 +92,14 @@ class VisitingStorage(LocalStorage):
 
 
 def test_user_who_visits_during_a_batch_is_not_deleted(engine: sa.Engine, tmp_path: Path) -> None:
-    first = insert_user(engine, last_visit_at=days_ago(100), deletion_warning_sent_at=days_ago(40))
-    second = insert_user(engine, last_visit_at=days_ago(100), deletion_warning_sent_at=days_ago(35))
-    storage = VisitingStorage(root=tmp_path, engine=engine, visitor=second)
-    for user_id in (first, second):
+    """The visitor's group is claimed after the visit, while the first group is being deleted."""
+    first_group = [
+        insert_user(engine, last_visit_at=days_ago(100), deletion_warning_sent_at=days_ago(40))
+        for _ in range(CLAIM_GROUP)
+    ]
+    visitor = due_for_deletion(engine)  # warned 35 days ago: after the first group
+    storage = VisitingStorage(root=tmp_path, engine=engine, visitor=visitor)
+    for user_id in [*first_group, visitor]:
         storage.put(f"users/{user_id}/file.txt", b"x")
 
     report = delete_batch(
@@ -103,14 +108,37 @@ def test_user_who_visits_during_a_batch_is_not_deleted(engine: sa.Engine, tmp_pa
         storage=storage,
         plan=resolve_plan(engine, DeletionPlanSettings()),
         after=None,
-        limit=10,
-        budget=10,
+        limit=100,
+        budget=100,
     )
 
-    assert report.counts["deleted"] == 1 and report.counts["skipped"] == 1
-    assert user_row(engine, first) is None
-    assert user_row(engine, second) is not None
-    assert storage.count_prefix(f"users/{second}/") == 1
+    assert report.counts["deleted"] == CLAIM_GROUP and report.counts["skipped"] == 1
+    assert all(user_row(engine, user_id) is None for user_id in first_group)
+    row = user_row(engine, visitor)
+    assert row is not None and row.deletion_started_at is None
+    assert storage.count_prefix(f"users/{visitor}/") == 1
+
+
+def test_claims_skip_users_another_run_is_claiming(engine: sa.Engine) -> None:
+    """Two runs claiming overlapping users never wait on (or deadlock with) each other."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite admits one writer at a time; there is nothing to skip past")
+    ids = sorted(due_for_deletion(engine) for _ in range(4))
+
+    def claim(conn: sa.Connection, wanted: list[str], claim_id: str) -> list[str]:
+        return accounts.claim_deletions(
+            conn, wanted, as_of=NOW, policy=POLICY, claim_id=claim_id, now=NOW, lease=LEASE
+        )
+
+    with engine.connect() as slow, slow.begin():  # run A claimed two users, not committed yet
+        assert claim(slow, ids[:2], "run-a") == ids[:2]
+        with engine.connect() as fast, fast.begin():
+            fast.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+            assert claim(fast, ids[::-1], "run-b") == [ids[3], ids[2]]  # in the order asked
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(users.c.id, users.c.deletion_claim_id))
+        claimed_by = {user_id: claim_id for user_id, claim_id in rows}
+    assert claimed_by == {ids[0]: "run-a", ids[1]: "run-a", ids[2]: "run-b", ids[3]: "run-b"}
 
 
 def _break_user_deletes(engine: sa.Engine) -> None:
