@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.events import emit_event
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run, task_run
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
@@ -62,11 +62,17 @@ def _context(settings: Settings, params: SweepParams) -> SweepContext:
 
 
 def _report(report: BatchReport, event: str, subjects: list[str]) -> BatchReport:
+    """Log the batch and emit one event for it (an event per account would cost more than
+    the work itself); the payload lists the accounts by pseudonym."""
     logger = get_run_logger()
-    for subject in subjects:
+    if subjects:
         emit_event(
             event=event,
-            resource={"prefect.resource.id": f"lifecycle.account.{subject}"},
+            resource={
+                "prefect.resource.id": f"lifecycle.batch.{task_run.get_id()}",
+                "prefect.resource.name": task_run.get_name() or "batch",
+            },
+            payload={"count": len(subjects), "accounts": subjects},
         )
     for failure in report.failures[:LOGGED_FAILURES]:
         logger.error(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import email
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 import sqlalchemy as sa
@@ -19,6 +21,9 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
+from prefect.events import Event
+from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 
 from flows.inactive_accounts import SweepSummary, inactive_accounts
@@ -227,7 +232,37 @@ def test_small_batches_cover_everyone_with_one_task_per_batch(
     assert Counter(m["To"] for m in outbox(lifecycle_env)).most_common(1)[0][1] == 1
 
 
-def test_no_email_address_in_logs_or_artifacts(
+def run_events(flow_run_id: UUID) -> list[Event]:
+    EventsWorker.drain_all(timeout=10)
+    event_filter = EventFilter(
+        event=EventNameFilter(prefix=["lifecycle."]),
+        related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+    )
+    with get_client(sync_client=True) as client:
+        for _ in range(50):  # the server stores events asynchronously
+            events = client.read_events(filter=event_filter, limit=50).events
+            if len(events) >= 2:
+                return events
+            time.sleep(0.2)
+    return events
+
+
+def test_one_event_per_batch_lists_accounts_by_pseudonym(
+    engine: sa.Engine, lifecycle_env: Settings, population: dict[str, str]
+) -> None:
+    state = inactive_accounts(return_state=True)
+    assert state.is_completed()
+    events = run_events(state.state_details.flow_run_id)
+
+    by_name = {event.event: event for event in events}
+    assert sorted(by_name) == ["lifecycle.account.deleted", "lifecycle.account.warned"]
+    for name, user in (("warned", "due_warning"), ("deleted", "due_deletion")):
+        event = by_name[f"lifecycle.account.{name}"]
+        assert event.payload == {"count": 1, "accounts": [pseudonym(population[user])]}
+        assert event.resource.id.startswith("lifecycle.batch.")
+
+
+def test_no_email_address_in_logs_artifacts_or_events(
     engine: sa.Engine, lifecycle_env: Settings, population: dict[str, str]
 ) -> None:
     state = inactive_accounts(return_state=True)
@@ -241,9 +276,12 @@ def test_no_email_address_in_logs_or_artifacts(
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
-    assert logs and artifacts
-    text = " ".join(log.message for log in logs) + " ".join(
-        f"{a.description} {a.data}" for a in artifacts
+    events = run_events(flow_run_id)
+    assert logs and artifacts and events
+    text = (
+        " ".join(log.message for log in logs)
+        + " ".join(f"{a.description} {a.data}" for a in artifacts)
+        + " ".join(event.model_dump_json() for event in events)
     )
     assert "@example.com" not in text
     for user_id in population.values():
