@@ -107,12 +107,15 @@ def build_message(mail: OutgoingMail, *, sender: str) -> Message:
     message = MIMEMultipart("alternative", boundary=boundary, policy=_WIRE)
     message["From"] = _address_header(sender)
     message["To"] = _address_header(mail.to)
-    message["Subject"] = mail.subject if mail.subject.isascii() else Header(mail.subject, _UTF8)
+    message["Subject"] = (
+        mail.subject if mail.subject.isascii() else Header(mail.subject, _UTF8).encode()
+    )
     message["Date"] = formatdate(usegmt=True)
     domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"  # not getfqdn(): DNS
     message["Message-ID"] = make_msgid(domain=domain)
-    message.attach(MIMEText(mail.text, "plain", _UTF8, policy=_WIRE))
-    message.attach(MIMEText(mail.html, "html", _UTF8, policy=_WIRE))
+    for body, subtype in ((mail.text, "plain"), (mail.html, "html")):
+        # MIMEText takes a Charset (typeshed says str only): quoted-printable, not base64.
+        message.attach(MIMEText(body, subtype, _UTF8, policy=_WIRE))  # type: ignore[arg-type]
     return message
 
 
