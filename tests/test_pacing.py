@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 
 from lifecycle.mail.backends import OutgoingMail
 from lifecycle.mail.pacing import SAFETY, PacedSender, PrefectLeaseMutex, ensure_mail_limit
@@ -78,6 +85,61 @@ def test_unpaced_sender_does_not_wait() -> None:
     assert mailer.times == [100.0] * 5
 
 
+class TimedMailer:
+    """Records (start, completion) of each send; send ``i`` takes ``durations.get(i, 0)``."""
+
+    def __init__(self, clock: FakeClock, log: list[tuple[float, float]], **durations: float):
+        self._clock, self.log = clock, log
+        self._durations = {int(key.removeprefix("send")): value for key, value in durations.items()}
+        self._count = 0
+
+    def send(self, mail: OutgoingMail) -> str:
+        start = self._clock()
+        self._clock.sleep(self._durations.get(self._count, 0.0))
+        self._count += 1
+        self.log.append((start, self._clock()))
+        return "id"
+
+
+def most_in_one_second(times: list[float]) -> int:
+    return max(sum(1 for t in times if start <= t < start + 1) for start in times)
+
+
+def test_a_slow_send_does_not_let_completions_bunch_up() -> None:
+    """Send 0 takes 0.5 s; spacing starts alone would put 11 completions in [0.5, 1.5)."""
+    clock, log = FakeClock(), []
+    mailer = TimedMailer(clock, log, send0=0.5)
+    sender = PacedSender(
+        mailer=mailer, mutex=None, rate_per_second=10, clock=clock, sleep=clock.sleep
+    )
+    for _ in range(30):
+        sender.send(MAIL)
+    assert most_in_one_second([end for _, end in log]) == 10
+    assert most_in_one_second([start for start, _ in log]) == 10
+
+
+def test_hand_over_keeps_every_window_within_the_rate() -> None:
+    """The first holder's slow first send ends late; the second holder must not start early."""
+    clock, log = FakeClock(), []
+    first = TimedMailer(clock, log, send0=0.5)
+    second = TimedMailer(clock, log, send1=0.2)
+    for mailer, count in ((first, 10), (second, 25)):
+        with PacedSender(
+            mailer=mailer,
+            mutex=CountingMutex(),
+            rate_per_second=10,
+            clock=clock,
+            sleep=clock.sleep,
+        ) as sender:
+            for _ in range(count):
+                sender.send(MAIL)
+    assert len(log) == 35
+    assert most_in_one_second([end for _, end in log]) <= 10
+    assert most_in_one_second([start for start, _ in log]) <= 10
+    starts = [start for start, _ in log]
+    assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) >= SAFETY / 10 - 1e-9
+
+
 def test_two_senders_share_the_rate_through_prefect() -> None:
     name = f"test-pace-{uuid.uuid4().hex[:8]}"
     rate = 40.0
@@ -103,7 +165,7 @@ def test_two_senders_share_the_rate_through_prefect() -> None:
     times = sorted(mailer.times)
     assert len(times) == 60
     # Never more than `rate` sends in any one-second window, across both senders.
-    assert max(sum(1 for t in times if start <= t < start + 1) for start in times) <= rate
+    assert most_in_one_second(times) <= rate
     assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= 1 / rate * 0.999
 
 
@@ -112,3 +174,92 @@ def test_missing_limit_is_an_error_not_a_silent_skip() -> None:
         mutex = PrefectLeaseMutex(client=client, limit_name=f"absent-{uuid.uuid4().hex[:8]}")
         with pytest.raises(RuntimeError, match="does not exist"):
             mutex.acquire()
+
+
+class BusyPrefectApi(ThreadingHTTPServer):
+    """A stand-in Prefect API that answers each path from a script of (status, body)."""
+
+    def __init__(self, script: dict[str, list[tuple[int, dict[str, object]]]]) -> None:
+        self.script, self.calls = script, Counter[str]()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # /csrf-token, answered as a server without CSRF checks
+                self._answer(422, {"detail": "CSRF protection is disabled."})
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                path = self.path.removeprefix("/api")
+                api.calls[path] += 1
+                self._answer(*api.script[path].pop(0))
+
+            def _answer(self, status: int, body: dict[str, object]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/api"
+
+
+@pytest.fixture
+def busy_api() -> Iterator[BusyPrefectApi]:
+    lease = str(uuid.uuid4())
+    api = BusyPrefectApi(
+        {
+            "/v2/concurrency_limits/increment-with-lease": [
+                (503, {"detail": "database is locked"}),
+                (423, {"detail": "slot held"}),
+                (429, {"detail": "slow down"}),
+                (200, {"limits": [{"name": "mail", "limit": 1}], "lease_id": lease}),
+            ],
+            "/v2/concurrency_limits/decrement-with-lease": [
+                (503, {"detail": "database is locked"}),
+                (200, {}),
+            ],
+        }
+    )
+    thread = threading.Thread(target=api.serve_forever, daemon=True)
+    thread.start()
+    yield api
+    api.shutdown()
+    api.server_close()
+
+
+def test_mutex_polls_again_on_busy_answers_instead_of_backing_off(
+    busy_api: BusyPrefectApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 503 or 429 is asked again after poll_seconds, never through the client's backoff."""
+    sleeps: list[float] = []  # the Prefect client's backoff would sleep here for seconds
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    client = SyncPrefectClient(api=busy_api.url)
+    mutex = PrefectLeaseMutex(client=client, limit_name="mail")
+
+    mutex.acquire()
+    mutex.release()
+
+    assert busy_api.calls == {
+        "/v2/concurrency_limits/increment-with-lease": 4,
+        "/v2/concurrency_limits/decrement-with-lease": 2,
+    }
+    assert sleeps == [0.02] * 4  # poll_seconds after each of the 3 + 1 busy answers
+
+
+def test_mutex_fails_at_once_when_the_api_is_unreachable() -> None:
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mutex = PrefectLeaseMutex(
+        client=SyncPrefectClient(api=f"http://127.0.0.1:{port}/api"), limit_name="mail"
+    )
+    with pytest.raises(httpx.ConnectError):
+        mutex.acquire()
