@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from flows.inactive_accounts import inactive_accounts
 from lifecycle import accounts
+from lifecycle.db.engine import get_engine
 from lifecycle.db.schema import deletion_receipts, users
 from lifecycle.deletion_plan import resolve_plan
 from lifecycle.rules import Policy
@@ -119,10 +120,13 @@ def test_user_who_visits_during_a_batch_is_not_deleted(engine: sa.Engine, tmp_pa
     assert storage.count_prefix(f"users/{visitor}/") == 1
 
 
-def test_claims_skip_users_another_run_is_claiming(engine: sa.Engine) -> None:
-    """Two runs claiming overlapping users never wait on (or deadlock with) each other."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite admits one writer at a time; there is nothing to skip past")
+@pytest.mark.postgres
+def test_claims_skip_users_another_run_is_claiming(postgres_url: str) -> None:
+    """Two runs claiming overlapping users never wait on (or deadlock with) each other.
+
+    PostgreSQL only: SQLite admits one writer at a time, so there is nothing to skip past.
+    """
+    engine = get_engine(postgres_url)
     ids = sorted(due_for_deletion(engine) for _ in range(4))
 
     def claim(conn: sa.Connection, wanted: list[str], claim_id: str) -> list[str]:

@@ -143,8 +143,9 @@ class OutboxMailer:
         try:
             partial.write_bytes(message.as_bytes())
             os.replace(partial, target)
-        finally:
+        except BaseException:
             partial.unlink(missing_ok=True)
+            raise
         return str(message["Message-ID"])
 
 
