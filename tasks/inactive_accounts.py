@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 from prefect import get_run_logger, task
@@ -120,8 +121,7 @@ def warn_inactive_batch(params: SweepParams, after: Candidate | None) -> BatchRe
         inactive_days=params.warn_after_days,
         grace_days=params.delete_after_days - params.warn_after_days,
     )
-    mailer = open_mailer(settings)
-    with get_client(sync_client=True) as client:
+    with closing(open_mailer(settings)) as mailer, get_client(sync_client=True) as client:
         paced = settings.mail_rate_per_second > 0
         if paced and not params.dry_run:
             ensure_mail_limit(client, settings.mail_limit_name)

@@ -215,6 +215,70 @@ def test_smtp_scrubs_addresses_that_redact_cannot_recognise(
     assert_private(raised.value, recipient)
 
 
+def test_smtp_reuses_one_connection_until_closed(smtp_server: LocalSmtpServer) -> None:
+    mailer = smtp_mailer(smtp_server)
+    for index in range(3):
+        mailer.send(make_mail(to=f"user{index}@example.org"))
+    assert (len(smtp_server.messages), smtp_server.connections) == (3, 1)
+
+    mailer.close()
+    mailer.send(make_mail())
+    assert (len(smtp_server.messages), smtp_server.connections) == (4, 2)
+    mailer.close()
+
+
+def test_smtp_connection_survives_a_refused_recipient(smtp_server: LocalSmtpServer) -> None:
+    smtp_server.fail("gone@example.org", "550 5.1.1 No such user")
+    mailer = smtp_mailer(smtp_server)
+    mailer.send(make_mail(to="first@example.org"))
+    with pytest.raises(PermanentMailError):
+        mailer.send(make_mail(to="gone@example.org"))
+    mailer.send(make_mail(to="third@example.org"))
+
+    assert [m.rcpt_tos for m in smtp_server.messages] == [
+        ("first@example.org",),
+        ("third@example.org",),
+    ]
+    assert smtp_server.connections == 1
+    mailer.close()
+
+
+def test_smtp_reconnects_after_the_server_closes_the_session(
+    smtp_server: LocalSmtpServer,
+) -> None:
+    smtp_server.fail("busy@example.org", "421 4.3.2 Too many messages, closing", at="data")
+    mailer = smtp_mailer(smtp_server)
+    with pytest.raises(TransientMailError, match="421"):
+        mailer.send(make_mail(to="busy@example.org"))
+    mailer.send(make_mail(to="next@example.org"))
+
+    assert [m.rcpt_tos for m in smtp_server.messages] == [("next@example.org",)]
+    assert smtp_server.connections == 2
+    mailer.close()
+
+
+def test_smtp_checks_an_idle_connection_before_using_it(smtp_server: LocalSmtpServer) -> None:
+    mailer = SmtpMailer(
+        host=smtp_server.host,
+        port=smtp_server.port,
+        sender=SENDER,
+        security="none",
+        timeout=5,
+        idle_check_seconds=0,
+    )
+    mailer.send(make_mail(to="before@example.org"))
+    smtp_server.stop()  # the server restarts: our open connection is dead
+    smtp_server.start()
+    mailer.send(make_mail(to="after@example.org"))
+
+    assert [m.rcpt_tos for m in smtp_server.messages] == [
+        ("before@example.org",),
+        ("after@example.org",),
+    ]
+    assert smtp_server.connections == 2
+    mailer.close()
+
+
 def test_smtp_unreachable_server_is_transient() -> None:
     mailer = SmtpMailer(
         host="127.0.0.1", port=closed_port(), sender=SENDER, security="none", timeout=5

@@ -12,6 +12,7 @@ import os
 import re
 import smtplib
 import ssl
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,6 +91,10 @@ class Mailer(Protocol):
         """Deliver ``mail`` and return its message id."""
         ...
 
+    def close(self) -> None:
+        """Release connections; the mailer may be used again afterwards."""
+        ...
+
 
 def build_message(mail: OutgoingMail, *, sender: str) -> Message:
     """A multipart/alternative (text, html) message; refuses line breaks in headers.
@@ -148,9 +153,17 @@ class OutboxMailer:
             raise
         return str(message["Message-ID"])
 
+    def close(self) -> None:
+        """Nothing to release."""
+
 
 class SmtpMailer:
-    """Sends through an SMTP server, one connection per mail."""
+    """Sends through an SMTP server over one connection, reused until :meth:`close`.
+
+    A connection set up per mail (TCP, STARTTLS, AUTH) can cost more than the mail rate
+    allows. A connection idle for ``idle_check_seconds`` is checked with NOOP first, and one
+    the server closed (say after 421) is opened again on the next send.
+    """
 
     def __init__(
         self,
@@ -162,6 +175,7 @@ class SmtpMailer:
         username: str | None = None,
         password: SecretStr | None = None,
         timeout: float = 30.0,
+        idle_check_seconds: float = 10.0,
     ) -> None:
         if username is not None and password is None:
             raise ValueError("an SMTP username needs a password")
@@ -172,19 +186,52 @@ class SmtpMailer:
         self._username = username
         self._password = password
         self._timeout = timeout
+        self._idle_check_seconds = idle_check_seconds
+        self._smtp: smtplib.SMTP | None = None
+        self._last_used = 0.0
 
     def send(self, mail: OutgoingMail) -> str:
         message = build_message(mail, sender=self._sender)
         try:
-            with self._connect() as smtp:
+            self._connection().send_message(message)
+        except _MESSAGE_REFUSED as exc:  # smtplib reset the transaction: the connection is fine
+            raise self._error(exc, mail.to) from None
+        except OSError as exc:  # smtplib.SMTPException is an OSError too
+            self.close()
+            raise self._error(exc, mail.to) from None
+        self._last_used = time.monotonic()
+        return str(message["Message-ID"])
+
+    def close(self) -> None:
+        if self._smtp is None:
+            return
+        smtp, self._smtp = self._smtp, None
+        try:
+            smtp.quit()
+        except OSError:
+            smtp.close()
+
+    def _connection(self) -> smtplib.SMTP:
+        smtp = self._smtp
+        if smtp is not None and (
+            smtp.sock is None  # closed by smtplib, e.g. after a 421
+            or time.monotonic() - self._last_used >= self._idle_check_seconds
+            and not _answers_noop(smtp)
+        ):
+            smtp.close()
+            smtp = self._smtp = None
+        if smtp is None:
+            smtp = self._connect()
+            try:
                 if self._security == "starttls":
                     smtp.starttls(context=ssl.create_default_context())
                 if self._username is not None and self._password is not None:
                     smtp.login(self._username, self._password.get_secret_value())
-                smtp.send_message(message)
-        except OSError as exc:  # smtplib.SMTPException is an OSError too
-            raise self._error(exc, mail.to) from None
-        return str(message["Message-ID"])
+            except BaseException:
+                smtp.close()
+                raise
+            self._smtp = smtp
+        return smtp
 
     def _connect(self) -> smtplib.SMTP:
         if self._security == "ssl":
@@ -207,6 +254,17 @@ class SmtpMailer:
         return TransientMailError(
             f"SMTP connection failed: {type(exc).__name__}: {_scrub(str(exc), secrets)}"
         )
+
+
+#: Refusals of one message after which smtplib has reset (or closed) the session itself.
+_MESSAGE_REFUSED = (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError)
+
+
+def _answers_noop(smtp: smtplib.SMTP) -> bool:
+    try:
+        return smtp.noop()[0] == 250
+    except OSError:
+        return False
 
 
 def _smtp_reply_error(
@@ -243,6 +301,9 @@ class SesMailer:
         except (BotoConnectionError, HTTPClientError) as exc:
             raise TransientMailError(f"SES unreachable: {type(exc).__name__}") from None
         return response["MessageId"]
+
+    def close(self) -> None:
+        """Nothing to release: botocore pools its own connections."""
 
 
 def _ses_error(exc: ClientError, recipient: str) -> MailError:

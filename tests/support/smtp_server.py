@@ -30,11 +30,32 @@ class LocalSmtpServer:
         self.host = host
         self.port = port
         self.messages: list[ReceivedMail] = []
+        self.connections = 0  # sessions greeted with EHLO
         self._replies: dict[tuple[Stage, str], str] = {}
+        self._controller: Controller | None = None
 
     def fail(self, address: str, reply: str, *, at: Stage = "rcpt") -> None:
         """Answer ``reply`` (e.g. ``"550 5.1.1 No such user"``) when ``address`` reaches ``at``."""
         self._replies[(at, address.lower())] = reply
+
+    def start(self) -> None:
+        self._controller = Controller(
+            self, hostname=self.host, port=self.port, server_hostname="localhost"
+        )
+        self._controller.start()
+
+    def stop(self) -> None:
+        """Stop listening and drop every open connection."""
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list
+    ) -> list:
+        self.connections += 1
+        session.host_name = hostname  # aiosmtpd leaves this to a handler that takes EHLO
+        return responses
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list
@@ -68,11 +89,8 @@ def _free_port(host: str) -> int:
 def smtp_server() -> Iterator[LocalSmtpServer]:
     """A fresh SMTP server on 127.0.0.1 (plain, no auth) for one test."""
     server = LocalSmtpServer(host="127.0.0.1", port=_free_port("127.0.0.1"))
-    controller = Controller(
-        server, hostname=server.host, port=server.port, server_hostname="localhost"
-    )
-    controller.start()
+    server.start()
     try:
         yield server
     finally:
-        controller.stop()
+        server.stop()
