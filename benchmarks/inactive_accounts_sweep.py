@@ -326,9 +326,10 @@ class PortResult:
 def run_port(conninfo: str, storage_root: Path, outbox: Path) -> PortResult:
     """The source's ``deleteInactiveAccounts``, statement for statement, run sequentially.
 
-    Differences from the TypeScript, all in the port's favour or forced by our schema: it runs
-    sequentially (no ``Promise.all``) against a local PostgreSQL through plain psycopg, and
-    mail is written to the local outbox without the source's 14/s rate limiter.
+    Differences from the TypeScript: it talks to a local PostgreSQL through plain psycopg, with
+    no network round trip per request, and mail goes to the local outbox without the source's
+    14/s rate limiter (both in the port's favour); and it runs sequentially on one connection,
+    where the source's ``Promise.all`` overlaps its requests (against it).
     """
     from lifecycle.mail.backends import OutboxMailer
     from lifecycle.mail.templates import WarningContext, inactivity_warning
