@@ -65,6 +65,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"postgresql: {source}"
 
 
+def _text(value: object) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
 @pytest.fixture
 def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     """A fresh, migrated database on the PostgreSQL server, dropped afterwards."""
@@ -75,10 +79,10 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     info["dbname"] = name
     url = sa.engine.URL.create(
         "postgresql+psycopg",
-        username=info.get("user"),
-        password=info.get("password") or None,
-        host=info.get("host"),
-        port=int(info["port"]) if info.get("port") else None,
+        username=_text(info.get("user")),
+        password=_text(info.get("password")),
+        host=_text(info.get("host")),
+        port=int(port) if (port := _text(info.get("port"))) else None,
         database=name,
     ).render_as_string(hide_password=False)
     try:

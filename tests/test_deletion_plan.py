@@ -159,7 +159,8 @@ def test_statements_change_only_the_given_users(engine: sa.Engine) -> None:
 
     assert removed == {"features": 2, "scoreboard_entries": 3}
     with engine.connect() as conn:
-        proposed = dict(conn.execute(sa.select(features.c.title, features.c.proposed_by)).all())
+        rows = conn.execute(sa.select(features.c.title, features.c.proposed_by))
+        proposed = {title: proposed_by for title, proposed_by in rows}
         scores = conn.execute(
             sa.select(scoreboard_entries.c.user_id, scoreboard_entries.c.score)
         ).all()

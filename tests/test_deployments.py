@@ -97,7 +97,7 @@ def deployment(request: pytest.FixtureRequest) -> dict[str, Any]:
 def flow(deployment: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Flow[Any, Any]:
     # Entrypoints are relative to the project root, as for `prefect deploy`.
     monkeypatch.chdir(ROOT)
-    loaded = load_flow_from_entrypoint(deployment["entrypoint"])
+    loaded: object = load_flow_from_entrypoint(deployment["entrypoint"])
     assert isinstance(loaded, Flow)
     return loaded
 
@@ -209,7 +209,7 @@ def test_parameters_are_bounded(deployment: dict[str, Any], flow: Flow[Any, Any]
 
 
 def test_inactive_accounts_parameter_defaults() -> None:
-    flow = load_flow_from_entrypoint(
+    flow: Flow[Any, Any] = load_flow_from_entrypoint(
         str(ROOT / "flows" / "inactive_accounts.py") + ":inactive_accounts"
     )
     properties = flow.parameters.properties

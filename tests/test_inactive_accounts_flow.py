@@ -21,8 +21,8 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
-from prefect.events import Event
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+from prefect.events.schemas.events import ReceivedEvent
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 
@@ -203,7 +203,7 @@ def test_invalid_parameters_are_refused(
     message: str,
 ) -> None:
     with pytest.raises(Exception, match=message):
-        inactive_accounts(**parameters)  # type: ignore[arg-type]
+        inactive_accounts(**parameters)  # type: ignore[call-overload]
     assert table_count(engine, users) == 6
     assert outbox(lifecycle_env) == []
 
@@ -232,7 +232,7 @@ def test_small_batches_cover_everyone_with_one_task_per_batch(
     assert Counter(m["To"] for m in outbox(lifecycle_env)).most_common(1)[0][1] == 1
 
 
-def run_events(flow_run_id: UUID) -> list[Event]:
+def run_events(flow_run_id: UUID | None) -> list[ReceivedEvent]:
     EventsWorker.drain_all(timeout=10)
     event_filter = EventFilter(
         event=EventNameFilter(prefix=["lifecycle."]),

@@ -42,6 +42,9 @@ class RecordingMailer:
         self.times.append(self._clock())
         return "id"
 
+    def close(self) -> None:
+        pass
+
 
 class CountingMutex:
     def __init__(self) -> None:
@@ -100,6 +103,9 @@ class TimedMailer:
         self.log.append((start, self._clock()))
         return "id"
 
+    def close(self) -> None:
+        pass
+
 
 def most_in_one_second(times: list[float]) -> int:
     return max(sum(1 for t in times if start <= t < start + 1) for start in times)
@@ -107,7 +113,7 @@ def most_in_one_second(times: list[float]) -> int:
 
 def test_a_slow_send_does_not_let_completions_bunch_up() -> None:
     """Send 0 takes 0.5 s; spacing starts alone would put 11 completions in [0.5, 1.5)."""
-    clock, log = FakeClock(), []
+    clock, log = FakeClock(), list[tuple[float, float]]()
     mailer = TimedMailer(clock, log, send0=0.5)
     sender = PacedSender(
         mailer=mailer, mutex=None, rate_per_second=10, clock=clock, sleep=clock.sleep
@@ -120,7 +126,7 @@ def test_a_slow_send_does_not_let_completions_bunch_up() -> None:
 
 def test_hand_over_keeps_every_window_within_the_rate() -> None:
     """The first holder's slow first send ends late; the second holder must not start early."""
-    clock, log = FakeClock(), []
+    clock, log = FakeClock(), list[tuple[float, float]]()
     first = TimedMailer(clock, log, send0=0.5)
     second = TimedMailer(clock, log, send1=0.2)
     for mailer, count in ((first, 10), (second, 25)):
