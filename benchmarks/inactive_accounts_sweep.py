@@ -43,11 +43,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:  # lifecycle is imported late, once the environment is set
+    from lifecycle.mail.backends import OutboxMailer
+    from lifecycle.mail.templates import WarningContext
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -323,6 +327,22 @@ class PortResult:
         return ", ".join(f"{name} {secs:.1f} s" for name, secs in self.phases.items())
 
 
+def warning_outbox(outbox: Path) -> tuple[OutboxMailer, WarningContext]:
+    """The outbox and warning context the port and the mail floor write with (the policy's)."""
+    from lifecycle.mail.backends import OutboxMailer
+    from lifecycle.mail.templates import WarningContext
+    from lifecycle.settings import get_settings
+
+    settings = get_settings()
+    context = WarningContext(
+        product_name=settings.product_name,
+        app_url=settings.app_url,
+        inactive_days=WARN_AFTER.days,
+        grace_days=GRACE.days,
+    )
+    return OutboxMailer(directory=outbox, sender=settings.sender), context
+
+
 def run_port(conninfo: str, storage_root: Path, outbox: Path) -> PortResult:
     """The source's ``deleteInactiveAccounts``, statement for statement, run sequentially.
 
@@ -331,20 +351,11 @@ def run_port(conninfo: str, storage_root: Path, outbox: Path) -> PortResult:
     14/s rate limiter (both in the port's favour); and it runs sequentially on one connection,
     where the source's ``Promise.all`` overlaps its requests (against it).
     """
-    from lifecycle.mail.backends import OutboxMailer
-    from lifecycle.mail.templates import WarningContext, inactivity_warning
+    from lifecycle.mail.templates import inactivity_warning
     from lifecycle.rules import ACTIVE_SUBSCRIPTION_STATUSES
-    from lifecycle.settings import get_settings
     from lifecycle.storage import LocalStorage
 
-    settings = get_settings()
-    mailer = OutboxMailer(directory=outbox, sender=settings.sender)
-    context = WarningContext(
-        product_name=settings.product_name,
-        app_url=settings.app_url,
-        inactive_days=WARN_AFTER.days,
-        grace_days=GRACE.days,
-    )
+    mailer, context = warning_outbox(outbox)
     storage = LocalStorage(root=storage_root)
     result = PortResult(seconds=0.0)
     started = time.perf_counter()
@@ -412,18 +423,9 @@ def run_port(conninfo: str, storage_root: Path, outbox: Path) -> PortResult:
 
 def mail_floor(outbox: Path) -> float:
     """Seconds to render and write WARN_DUE warnings to an outbox, as both sweeps must."""
-    from lifecycle.mail.backends import OutboxMailer
-    from lifecycle.mail.templates import WarningContext, inactivity_warning
-    from lifecycle.settings import get_settings
+    from lifecycle.mail.templates import inactivity_warning
 
-    settings = get_settings()
-    mailer = OutboxMailer(directory=outbox, sender=settings.sender)
-    context = WarningContext(
-        product_name=settings.product_name,
-        app_url=settings.app_url,
-        inactive_days=WARN_AFTER.days,
-        grace_days=GRACE.days,
-    )
+    mailer, context = warning_outbox(outbox)
     started = time.perf_counter()
     for index in range(WARN_DUE):
         mailer.send(inactivity_warning(to=f"user{index}@example.com", name="Jo", context=context))

@@ -8,11 +8,13 @@ run between selection and action is left alone.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Row
 from sqlalchemy.sql.elements import ColumnElement
 
 from lifecycle.db.schema import UTCDateTime, deletion_receipts, users
@@ -158,6 +160,12 @@ def _claimable(ids: list[str], condition: ColumnElement[bool]) -> sa.Select[tupl
     )
 
 
+def _in_order(ids: list[str], rows: Iterable[Row[Any]]) -> list[Row[Any]]:
+    """RETURNING rows (id first) in the order of ``ids``: the database keeps no order."""
+    position = {user_id: index for index, user_id in enumerate(ids)}
+    return sorted(rows, key=lambda row: position[row[0]])
+
+
 def claim_warnings(
     conn: sa.Connection,
     ids: list[str],
@@ -179,8 +187,7 @@ def claim_warnings(
         .values(warning_claim_id=claim_id, warning_lease_until=now + lease)
         .returning(u.id, u.email, u.name)
     )
-    order = {user_id: index for index, user_id in enumerate(ids)}
-    rows = sorted(conn.execute(statement), key=lambda row: order[row[0]])
+    rows = _in_order(ids, conn.execute(statement))
     return [Recipient(id=row[0], email=row[1], name=row[2]) for row in rows]
 
 
@@ -236,8 +243,7 @@ def claim_deletions(
         )
         .returning(u.id)
     )
-    claimed = {row[0] for row in conn.execute(statement)}
-    return [user_id for user_id in ids if user_id in claimed]
+    return [row[0] for row in _in_order(ids, conn.execute(statement))]
 
 
 def release_deletion(conn: sa.Connection, user_ids: list[str], *, claim_id: str) -> None:

@@ -3,9 +3,9 @@
 Prefect's ``rate_limit`` is a token bucket whose decay is recomputed (and floored) on every
 request, so a waiting client slows it down: at 14/s it delivers 7-10/s, with bursts above 14 in
 the first second. Instead, the limit named ``limit_name`` (limit 1, no decay) acts as a
-cluster-wide mutex held under a lease: whoever holds it sends with sends spaced at least
-``1/rate`` apart, and waits out the last interval before releasing. Every 1-second window
-therefore holds at most ``rate`` sends, and a killed holder's lease expires on its own.
+cluster-wide mutex held under a lease, and :class:`PacedSender` keeps its holder's sends (and
+the hand-over to the next holder) within ``rate`` per 1-second window. A killed holder's lease
+expires on its own.
 """
 
 from __future__ import annotations
@@ -82,13 +82,10 @@ class PrefectLeaseMutex:
             "mode": "concurrency",
             "lease_duration": self._lease_seconds,
         }
-        deadline = time.monotonic() + self._timeout_seconds
-        while (response := self._post("/v2/concurrency_limits/increment-with-lease", body)) is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"waited {self._timeout_seconds:.0f}s for mail limit {self._name!r}"
-                )
-            time.sleep(self._poll_seconds)
+        path = "/v2/concurrency_limits/increment-with-lease"
+        response = self._post_until(path, body, self._timeout_seconds)
+        if response is None:
+            raise TimeoutError(f"waited {self._timeout_seconds:.0f}s for mail limit {self._name!r}")
         response.raise_for_status()
         answer = response.json()
         if not answer.get("limits"):
@@ -102,13 +99,21 @@ class PrefectLeaseMutex:
         if self._lease_id is None:
             return
         body, self._lease_id = {"lease_id": self._lease_id}, None
-        deadline = time.monotonic() + self._release_seconds
-        while (response := self._post("/v2/concurrency_limits/decrement-with-lease", body)) is None:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(self._poll_seconds)
-        if response.status_code != 404:  # 404: the lease had expired already
+        path = "/v2/concurrency_limits/decrement-with-lease"
+        response = self._post_until(path, body, self._release_seconds)
+        if response is not None and response.status_code != 404:  # 404: lease already expired
             response.raise_for_status()
+
+    def _post_until(
+        self, path: str, body: Mapping[str, object], seconds: float
+    ) -> httpx.Response | None:
+        """POST every ``poll_seconds`` until a definite answer; ``None`` after ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while (response := self._post(path, body)) is None:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(self._poll_seconds)
+        return response
 
     def _post(self, path: str, body: Mapping[str, object]) -> httpx.Response | None:
         """One POST through the client's connection; ``None`` means "ask again"."""
