@@ -20,12 +20,17 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
+# Every benchmark runs even when an earlier one misses a target; make fails if any missed.
+BENCHMARKS := $(sort $(wildcard benchmarks/[a-z]*.py))
 bench: $(STAMP)
-	$(BIN)/python benchmarks/inactive_accounts_sweep.py
-	$(BIN)/python benchmarks/mail_rate.py
+	@status=0; for script in $(BENCHMARKS); do \
+		echo "== $$script"; $(BIN)/python $$script || status=1; \
+	done; exit $$status
 
 clean:
 	rm -rf $(VENV) .lifecycle

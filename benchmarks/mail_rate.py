@@ -250,7 +250,8 @@ def seed_users(database_url: str, count: int) -> None:
 
 def run_flow_worker() -> int:
     """Child process: one run of the flow, against PREFECT_API_URL and the LIFECYCLE_* env."""
-    from flows.inactive_accounts import SweepSummary, inactive_accounts
+    from flows.inactive_accounts import inactive_accounts
+    from lifecycle.processes.inactive_accounts.steps import SweepSummary
 
     state = inactive_accounts(batch_size=BATCH_SIZE, return_state=True)
     summary = state.result(raise_on_failure=False)
@@ -265,8 +266,11 @@ def run_rate_limit_worker(first: int, count: int, outbox: Path) -> int:
     """Child process: ``count`` warnings, each after Prefect's plain ``rate_limit``."""
     from prefect.concurrency.sync import rate_limit
 
-    from lifecycle.mail.backends import OutboxMailer
-    from lifecycle.mail.templates import WarningContext, inactivity_warning
+    from lifecycle.clients.mail.backends import OutboxMailer
+    from lifecycle.processes.inactive_accounts.warning_mail import (
+        WarningContext,
+        inactivity_warning,
+    )
 
     mailer = OutboxMailer(directory=outbox, sender="Lifecycle Demo <lifecycle@localhost>")
     context = WarningContext(

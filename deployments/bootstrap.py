@@ -5,7 +5,7 @@ Run once per Prefect server, before ``prefect deploy --all``::
     python -m deployments.bootstrap
 
 It creates the ``lifecycle`` process work pool and the global concurrency limit that every run
-and worker shares to pace mail (see ``lifecycle.mail.pacing``).
+and worker shares to pace mail (see ``lifecycle.clients.mail.pacing``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists
 
-from lifecycle.mail.pacing import ensure_mail_limit
 from lifecycle.settings import get_settings
+from tasks._prefect import ensure_mail_limit
 
 WORK_POOL = "lifecycle"
 

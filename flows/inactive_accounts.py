@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from lifecycle.accounts import Candidate, DeletionKind
-from lifecycle.sweep import BatchReport, Failure
-from tasks.inactive_accounts import (
-    SweepParams,
-    delete_inactive_batch,
-    plan_sweep,
-    warn_inactive_batch,
-)
-
-#: Tolerated clock skew between the caller and the worker for ``as_of``.
-CLOCK_SKEW = timedelta(minutes=5)
-#: Failures kept in the summary (all are logged by their batch).
-KEPT_FAILURES = 50
-
-
-class SweepAborted(RuntimeError):
-    """The run refused to act (too many deletions); nothing was changed."""
-
-
-class SweepFailed(RuntimeError):
-    """Some users failed; everything else was processed. The summary says which."""
-
-
-class SweepSummary(BaseModel):
-    as_of: datetime
-    dry_run: bool
-    counts: dict[str, int]
-    objects_deleted: int
-    batches: int
-    failures: list[Failure]
-
-    def line(self) -> str:
-        counts = ", ".join(f"{key}={value}" for key, value in sorted(self.counts.items()))
-        return f"as_of={self.as_of.isoformat()} dry_run={self.dry_run} {counts or 'nothing to do'}"
+from lifecycle.common.batch import BatchReport, resolve_as_of
+from lifecycle.common.paging import Cursor, each_page
+from lifecycle.errors import RunAborted, RunFailed
+from lifecycle.processes.inactive_accounts.queries import DeletionQueue, DueCounts
+from lifecycle.processes.inactive_accounts.steps import SweepParams, SweepSummary
+from tasks._prefect import publish_summary
+from tasks.inactive_accounts import delete_inactive_batch, preflight, warn_inactive_batch
 
 
 @flow(name="inactive-accounts", validate_parameters=True)
@@ -68,88 +40,70 @@ def inactive_accounts(
         max_deletions: Refuse to run (and change nothing) if more accounts than this are due
             deletion; raise it deliberately for a big backlog.
     """
-    logger = get_run_logger()
     params = SweepParams(
-        as_of=_checked_as_of(as_of),
+        as_of=resolve_as_of(as_of, datetime.now(UTC)),
         dry_run=dry_run,
         warn_after_days=warn_after_days,
         delete_after_days=delete_after_days,
         batch_size=batch_size,
     )
-    if delete_after_days <= warn_after_days:
-        raise ValueError(
-            f"delete_after_days ({delete_after_days}) must be greater than "
-            f"warn_after_days ({warn_after_days}): the difference is the grace period"
-        )
-
-    due = plan_sweep(params)
-    logger.info("due: warn=%d delete=%d resume=%d", due.warn, due.delete, due.resume)
-    if not dry_run and due.delete + due.resume > max_deletions:
-        raise SweepAborted(
-            f"{due.delete + due.resume} accounts are due deletion, more than "
-            f"max_deletions={max_deletions}; nothing was changed. Check the data, then run "
-            "again with a larger max_deletions if this is expected."
-        )
+    due = preflight(params)
+    get_run_logger().info(
+        "due: warn=%d delete=%d unfinished=%d", due.warn, due.delete, due.unfinished
+    )
+    _refuse_over_budget(due, max_deletions, dry_run)
 
     total = BatchReport()
-    batches = 0
-    kinds: tuple[DeletionKind, ...] = ("resume", "due")
-    for kind in kinds:
-        after: Candidate | None = None
-        while True:
-            budget = max_deletions - total.counts["deleted"] - total.counts["failed"]
-            if budget <= 0 and not dry_run:
-                break
-            report = delete_inactive_batch(params, kind, after, budget)
-            batches += 1
-            _merge(total, report)
-            if report.last is None:
-                break
-            after = report.last
-    after = None
-    while True:
-        report = warn_inactive_batch(params, after)
-        batches += 1
-        _merge(total, report)
-        if report.last is None:
-            break
-        after = report.last
+    batches = _delete_all(params, max_deletions, total) + _warn_all(params, total)
 
-    summary = SweepSummary(
-        as_of=params.as_of,
-        dry_run=dry_run,
-        counts={key: value for key, value in total.counts.items() if value},
-        objects_deleted=total.objects_deleted,
-        batches=batches,
-        failures=total.failures[:KEPT_FAILURES],
-    )
-    create_table_artifact(
-        key="inactive-accounts-summary",
-        table=[{"outcome": key, "count": value} for key, value in sorted(summary.counts.items())]
-        + [{"outcome": "objects_deleted", "count": summary.objects_deleted}],
-        description=f"Inactive-accounts sweep: {summary.line()}",
-    )
-    logger.info("summary: %s", summary.line())
-    if total.failures:
-        raise SweepFailed(
-            f"{len(total.failures)} accounts failed (see logs; they will be retried next run). "
+    summary = SweepSummary.of(total, as_of=params.as_of, dry_run=dry_run, batches=batches)
+    publish_summary("inactive-accounts-summary", "Inactive-accounts sweep", summary)
+    get_run_logger().info("summary: %s", summary.line())
+    if summary.failed:
+        raise RunFailed(
+            f"{summary.failed} accounts failed (see logs; they will be retried next run). "
             f"Summary: {summary.line()}"
         )
     return summary
 
 
-def _checked_as_of(as_of: datetime | None) -> datetime:
-    now = datetime.now(UTC)
-    if as_of is None:
-        return now
-    if as_of.tzinfo is None:
-        raise ValueError("as_of needs a time zone, e.g. 2026-11-01T00:00:00Z")
-    if as_of > now + CLOCK_SKEW:
-        raise ValueError(f"as_of {as_of.isoformat()} is in the future; deletions cannot be early")
-    return as_of.astimezone(UTC)
+def _refuse_over_budget(due: DueCounts, max_deletions: int, dry_run: bool) -> None:
+    if not dry_run and due.delete + due.unfinished > max_deletions:
+        raise RunAborted(
+            f"{due.delete + due.unfinished} accounts are due deletion, more than "
+            f"max_deletions={max_deletions}; nothing was changed. Check the data, then run "
+            "again with a larger max_deletions if this is expected."
+        )
 
 
-def _merge(total: BatchReport, report: BatchReport) -> None:
-    total.counts.update(Counter(report.counts))
-    total.failures.extend(report.failures)
-    total.objects_deleted += report.objects_deleted
+def _delete_all(params: SweepParams, max_deletions: int, total: BatchReport) -> int:
+    """Finish unfinished deletions, then delete who is due, within ``max_deletions``."""
+
+    def budget() -> int:
+        return max_deletions - total.counts["deleted"] - total.counts["failed"]
+
+    def batch_of(queue: DeletionQueue) -> Callable[[Cursor | None], BatchReport]:
+        return lambda after: delete_inactive_batch(params, queue, after, budget())
+
+    batches = 0
+    for queue in DeletionQueue:
+        stop = (lambda: False) if params.dry_run else (lambda: budget() <= 0)
+        batches += _run_pages(batch_of(queue), total, stop)
+    return batches
+
+
+def _warn_all(params: SweepParams, total: BatchReport) -> int:
+    return _run_pages(lambda after: warn_inactive_batch(params, after), total)
+
+
+def _run_pages(
+    run_batch: Callable[[Cursor | None], BatchReport],
+    total: BatchReport,
+    stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Run a walk's batches one after another into ``total``; returns how many ran."""
+    batches = 0
+    for report in each_page(run_batch, stop=stop):
+        total.merge(report)
+        batches += 1
+    return batches

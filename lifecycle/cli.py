@@ -9,12 +9,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lifecycle.clients.build import Clients
 from lifecycle.db.engine import get_engine
 from lifecycle.db.migrate import upgrade
 from lifecycle.db.schema import users
+from lifecycle.processes.inactive_accounts.steps import SweepSummary
 from lifecycle.sample_data import seed as seed_users
 from lifecycle.settings import Settings, SettingsError, get_settings
-from lifecycle.storage import open_storage
 
 app = typer.Typer(help="Data-lifecycle flows (Prefect).", no_args_is_help=True)
 console = Console()
@@ -50,19 +51,14 @@ def _seed_if_empty(settings: Settings) -> str:
         existing = conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one()
     if existing:
         return f"{existing} users already present: nothing seeded"
-    storage = open_storage(
-        settings.resolved_storage_url,
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.aws_region,
-    )
-    count = seed_users(engine, storage, now=datetime.now(UTC))
+    count = seed_users(engine, Clients(settings).storage, now=datetime.now(UTC))
     return f"seeded {count} sample users (with files, features and scores)"
 
 
 @app.command()
 def demo() -> None:
     """Migrate, seed sample users on first run, then run the inactive-accounts flow once."""
-    from flows.inactive_accounts import SweepSummary, inactive_accounts  # keeps --help fast
+    from flows.inactive_accounts import inactive_accounts  # keeps --help fast
 
     settings = _settings()
     upgrade(settings.resolved_database_url)

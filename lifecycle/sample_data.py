@@ -9,8 +9,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from lifecycle.clients.storage import ObjectStorage
 from lifecycle.db.schema import features, scoreboard_entries, users
-from lifecycle.storage import ObjectStorage
 
 FIRST = [
     "Ada",

@@ -2,6 +2,10 @@
 
 Call :func:`get_settings` where settings are needed; tests build ``Settings(...)`` directly.
 Every value is checked when settings are loaded, and an error names the variable to fix.
+
+What every process shares (database, storage, mail, leases) is flat: ``LIFECYCLE_MAIL_BACKEND``.
+What one process alone needs is a nested group named after it:
+``LIFECYCLE_INACTIVE_ACCOUNTS__CLAIM_GROUP``.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from lifecycle.errors import ConfigError
 
-class SettingsError(RuntimeError):
+
+class SettingsError(ConfigError):
     """Raised when the environment holds invalid or missing settings."""
 
 
@@ -53,7 +59,20 @@ class DeletionPlanSettings(BaseModel):
         return value
 
     def prefix_for(self, user_id: str) -> str:
+        """The folder of one user in object storage."""
         return self.storage_prefix.format(user_id=user_id)
+
+
+class InactiveAccountsSettings(BaseModel):
+    """``LIFECYCLE_INACTIVE_ACCOUNTS__*``: tuning of the inactive-accounts process."""
+
+    claim_group: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Users claimed for deletion per commit; a user's files are deleted at most "
+        "one group's storage work after the claim that re-checked their inactivity.",
+    )
 
 
 class Settings(BaseSettings):
@@ -103,6 +122,8 @@ class Settings(BaseSettings):
         None, description="HMAC key for user-id hashes in receipts and events."
     )
     deletion_plan: DeletionPlanSettings = Field(default_factory=DeletionPlanSettings)
+
+    inactive_accounts: InactiveAccountsSettings = Field(default_factory=InactiveAccountsSettings)
 
     @field_validator("database_url")
     @classmethod

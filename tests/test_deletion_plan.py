@@ -1,4 +1,4 @@
-"""lifecycle.deletion_plan: the configured plan checked against the live schema (both DBs)."""
+"""The deletion plan (lifecycle.common.erasure): checked against the live schema (both DBs)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy as sa
 from pydantic import ValidationError
 
+from lifecycle.common.erasure import DeletionPlanError, resolve_plan
 from lifecycle.db.schema import features, scoreboard_entries, users
-from lifecycle.deletion_plan import DeletionPlanError, resolve_plan
 from lifecycle.settings import DeletionPlanSettings, ReferenceRule
-from tests.factories import insert_user
+from tests.support.factories import insert_user
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -32,32 +32,35 @@ def test_default_plan_resolves(engine: sa.Engine) -> None:
     }
 
 
-def test_unknown_table(engine: sa.Engine) -> None:
-    settings = _plan(
-        ("features", "proposed_by", "set_null"),
-        ("scoreboard_entries", "user_id", "delete"),
-        ("comments", "author_id", "delete"),
-    )
-    with pytest.raises(DeletionPlanError, match=r"'comments'.*does not exist"):
-        resolve_plan(engine, settings)
+FEATURES = ("features", "proposed_by", "set_null")
+SCORES = ("scoreboard_entries", "user_id", "delete")
 
 
-def test_unknown_column(engine: sa.Engine) -> None:
-    settings = _plan(
-        ("features", "proposed_by_id", "set_null"),
-        ("scoreboard_entries", "user_id", "delete"),
-    )
-    with pytest.raises(DeletionPlanError, match=r"features\.proposed_by_id.*does not exist"):
-        resolve_plan(engine, settings)
-
-
-def test_set_null_on_not_null_column(engine: sa.Engine) -> None:
-    settings = _plan(
-        ("features", "proposed_by", "set_null"),
-        ("scoreboard_entries", "user_id", "set_null"),
-    )
-    with pytest.raises(DeletionPlanError, match=r"scoreboard_entries\.user_id is NOT NULL.*delete"):
-        resolve_plan(engine, settings)
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        pytest.param(
+            [FEATURES, SCORES, ("comments", "author_id", "delete")],
+            r"'comments'.*does not exist",
+            id="unknown table",
+        ),
+        pytest.param(
+            [("features", "proposed_by_id", "set_null"), SCORES],
+            r"features\.proposed_by_id.*does not exist",
+            id="unknown column",
+        ),
+        pytest.param(
+            [FEATURES, ("scoreboard_entries", "user_id", "set_null")],
+            r"scoreboard_entries\.user_id is NOT NULL.*delete",
+            id="set_null on a NOT NULL column",
+        ),
+    ],
+)
+def test_plan_that_misnames_something(
+    engine: sa.Engine, rules: list[tuple[str, str, str]], message: str
+) -> None:
+    with pytest.raises(DeletionPlanError, match=message):
+        resolve_plan(engine, _plan(*rules))
 
 
 def test_users_is_not_a_reference(engine: sa.Engine) -> None:

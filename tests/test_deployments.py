@@ -46,7 +46,7 @@ CONCURRENCY_KEYS = set(ConcurrencyLimitSpec.model_fields)
 SCHEDULE_KEYS = set(RawScheduleConfig.model_fields)
 SCHEDULE_SELECTORS = ("cron", "interval", "rrule")
 
-#: Our own convention (STYLE.md): shared pieces live under `definitions:` as YAML anchors.
+#: Our own convention: shared pieces live under `definitions:` as YAML anchors (prefect.yaml).
 PROJECT_TOP_LEVEL_KEYS = {"definitions"}
 
 #: Parameters each flow documents in the Prefect UI form.

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import email
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
 import sqlalchemy as sa
 
 from flows.inactive_accounts import inactive_accounts
+from lifecycle.clients.storage import open_storage
 from lifecycle.settings import Settings
-from lifecycle.storage import open_storage
-from tests.factories import insert_user, user_row
+from tests.support.clock import days_ago
+from tests.support.factories import insert_user, user_row
 from tests.support.smtp_server import LocalSmtpServer
 
-NOW = datetime.now(UTC)
 SENDER = "Lifecycle <no-reply@lifecycle.test>"
-
-
-def days_ago(days: float) -> datetime:
-    return NOW - timedelta(days=days)
 
 
 def test_s3_folder_over_1000_objects_and_ses_mail(

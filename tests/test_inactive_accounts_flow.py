@@ -5,9 +5,8 @@ from __future__ import annotations
 import email
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email.message import Message
-from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -26,18 +25,13 @@ from prefect.events.schemas.events import ReceivedEvent
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 
-from flows.inactive_accounts import SweepSummary, inactive_accounts
+from flows.inactive_accounts import inactive_accounts
 from lifecycle.db.schema import deletion_receipts, features, scoreboard_entries, users
 from lifecycle.privacy import pseudonym
+from lifecycle.processes.inactive_accounts.steps import SweepSummary
 from lifecycle.settings import Settings
-from lifecycle.storage import LocalStorage
-from tests.factories import insert_user, user_row
-
-NOW = datetime.now(UTC)
-
-
-def days_ago(days: float) -> datetime:
-    return NOW - timedelta(days=days)
+from tests.support.clock import NOW, days_ago
+from tests.support.factories import insert_user, storage_of, user_row
 
 
 def outbox(settings: Settings) -> list[Message]:
@@ -45,10 +39,6 @@ def outbox(settings: Settings) -> list[Message]:
     if not folder.exists():
         return []
     return [email.message_from_bytes(p.read_bytes()) for p in sorted(folder.glob("*.eml"))]
-
-
-def storage_of(settings: Settings) -> LocalStorage:
-    return LocalStorage(root=Path(settings.resolved_storage_url.removeprefix("file://")))
 
 
 def table_count(engine: sa.Engine, table: sa.Table) -> int:

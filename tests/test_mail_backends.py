@@ -23,18 +23,17 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from lifecycle.mail.backends import (
+from lifecycle.clients.build import open_mailer
+from lifecycle.clients.mail.backends import (
     MailError,
     OutboxMailer,
-    OutgoingMail,
     PermanentMailError,
     SesMailer,
     SmtpMailer,
     TransientMailError,
-    build_message,
-    open_mailer,
     ses_client,
 )
+from lifecycle.clients.mail.message import OutgoingMail, build_message
 from lifecycle.settings import Settings
 from tests.support.smtp_server import LocalSmtpServer, Stage
 

@@ -14,10 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from lifecycle.mail.backends import OutgoingMail
-from lifecycle.mail.pacing import SAFETY, PacedSender, PrefectLeaseMutex, ensure_mail_limit
+from lifecycle.clients.mail.message import OutgoingMail
+from lifecycle.clients.mail.pacing import SAFETY, PacedSender
+from tasks._prefect import PrefectLeaseMutex, ensure_mail_limit, mutex_client
 
 MAIL = OutgoingMail(to="a@example.com", subject="s", text="t", html="<p>h</p>")
 
@@ -152,7 +154,7 @@ def test_two_senders_share_the_rate_through_prefect() -> None:
     mailer = RecordingMailer()
 
     def run() -> None:
-        with get_client(sync_client=True) as client:
+        with mutex_client() as client:
             mutex = PrefectLeaseMutex(client=client, limit_name=name)
             with PacedSender(
                 mailer=mailer, mutex=mutex, rate_per_second=rate, hold_seconds=0.3
@@ -247,11 +249,10 @@ def test_mutex_polls_again_on_busy_answers_instead_of_backing_off(
     """A 503 or 429 is asked again after poll_seconds, never through the client's backoff."""
     sleeps: list[float] = []  # the Prefect client's backoff would sleep here for seconds
     monkeypatch.setattr(time, "sleep", sleeps.append)
-    client = SyncPrefectClient(api=busy_api.url)
-    mutex = PrefectLeaseMutex(client=client, limit_name="mail")
-
-    mutex.acquire()
-    mutex.release()
+    with temporary_settings({PREFECT_API_URL: busy_api.url}), mutex_client() as client:
+        mutex = PrefectLeaseMutex(client=client, limit_name="mail")
+        mutex.acquire()
+        mutex.release()
 
     assert busy_api.calls == {
         "/v2/concurrency_limits/increment-with-lease": 4,
@@ -264,8 +265,8 @@ def test_mutex_fails_at_once_when_the_api_is_unreachable() -> None:
     with socket.socket() as probe:  # a port with nothing listening
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    mutex = PrefectLeaseMutex(
-        client=SyncPrefectClient(api=f"http://127.0.0.1:{port}/api"), limit_name="mail"
-    )
-    with pytest.raises(httpx.ConnectError):
-        mutex.acquire()
+    api = f"http://127.0.0.1:{port}/api"
+    with temporary_settings({PREFECT_API_URL: api}), mutex_client() as client:
+        mutex = PrefectLeaseMutex(client=client, limit_name="mail")
+        with pytest.raises(httpx.ConnectError):
+            mutex.acquire()

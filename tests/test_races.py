@@ -12,23 +12,22 @@ import pytest
 import sqlalchemy as sa
 
 from flows.inactive_accounts import inactive_accounts
-from lifecycle import accounts
+from lifecycle.clients.storage import LocalStorage
+from lifecycle.common.claims import Claim
+from lifecycle.common.erasure import resolve_plan
 from lifecycle.db.engine import get_engine
 from lifecycle.db.schema import deletion_receipts, users
-from lifecycle.deletion_plan import resolve_plan
-from lifecycle.rules import Policy
+from lifecycle.processes.inactive_accounts import queries
+from lifecycle.processes.inactive_accounts.queries import DeletionQueue
+from lifecycle.processes.inactive_accounts.rules import Policy
+from lifecycle.processes.inactive_accounts.steps import SweepContext, delete_batch
 from lifecycle.settings import DeletionPlanSettings, Settings
-from lifecycle.storage import LocalStorage
-from lifecycle.sweep import CLAIM_GROUP, SweepContext, delete_batch
-from tests.factories import insert_user, user_row
+from tests.support.clock import NOW, days_ago
+from tests.support.factories import insert_user, storage_of, user_row
 
-NOW = datetime.now(UTC)
 POLICY = Policy()
 LEASE = timedelta(minutes=15)
-
-
-def days_ago(days: float) -> datetime:
-    return NOW - timedelta(days=days)
+CLAIM_GROUP = Settings().inactive_accounts.claim_group
 
 
 def due_for_deletion(engine: sa.Engine) -> str:
@@ -42,40 +41,37 @@ def visit(engine: sa.Engine, user_id: str) -> None:
         )
 
 
-def storage_of(settings: Settings) -> LocalStorage:
-    return LocalStorage(root=Path(settings.resolved_storage_url.removeprefix("file://")))
-
-
-def test_visit_between_selection_and_claim_prevents_deletion(engine: sa.Engine) -> None:
-    user_id = due_for_deletion(engine)
+@pytest.mark.parametrize("action", ["warning", "deletion"])
+def test_visit_between_selection_and_claim_prevents_the_action(
+    engine: sa.Engine, action: str
+) -> None:
+    warning = action == "warning"
+    user_id = (
+        insert_user(engine, last_visit_at=days_ago(70)) if warning else due_for_deletion(engine)
+    )
     with engine.connect() as conn:
-        page = accounts.deletion_page(
-            conn, kind="due", as_of=NOW, policy=POLICY, now=NOW, after=None, limit=10
+        page = (
+            queries.warning_page(conn, as_of=NOW, policy=POLICY, after=None, limit=10)
+            if warning
+            else queries.deletion_page(
+                conn,
+                queue=DeletionQueue.DUE,
+                as_of=NOW,
+                policy=POLICY,
+                now=NOW,
+                after=None,
+                limit=10,
+            )
         )
     assert [c.id for c in page] == [user_id]
 
     visit(engine, user_id)
+    claim = queries.claim_warnings if warning else queries.claim_deletions
     with engine.begin() as conn:
-        claimed = accounts.claim_deletions(
-            conn, [user_id], as_of=NOW, policy=POLICY, claim_id="run-a", now=NOW, lease=LEASE
-        )
+        claimed = claim(conn, [user_id], as_of=NOW, policy=POLICY, claim=Claim("run-a", NOW, LEASE))
     assert claimed == []
     row = user_row(engine, user_id)
     assert row is not None and row.deletion_started_at is None
-
-
-def test_visit_between_selection_and_claim_prevents_warning(engine: sa.Engine) -> None:
-    user_id = insert_user(engine, last_visit_at=days_ago(70))
-    with engine.connect() as conn:
-        page = accounts.warning_page(conn, as_of=NOW, policy=POLICY, after=None, limit=10)
-    assert [c.id for c in page] == [user_id]
-
-    visit(engine, user_id)
-    with engine.begin() as conn:
-        recipients = accounts.claim_warnings(
-            conn, [user_id], as_of=NOW, policy=POLICY, claim_id="run-a", now=NOW, lease=LEASE
-        )
-    assert recipients == []
 
 
 class VisitingStorage(LocalStorage):
@@ -105,7 +101,7 @@ def test_user_who_visits_during_a_batch_is_not_deleted(engine: sa.Engine, tmp_pa
 
     report = delete_batch(
         SweepContext(engine=engine, policy=POLICY, as_of=NOW, dry_run=False, lease=LEASE),
-        kind="due",
+        queue=DeletionQueue.DUE,
         storage=storage,
         plan=resolve_plan(engine, DeletionPlanSettings()),
         after=None,
@@ -130,8 +126,8 @@ def test_claims_skip_users_another_run_is_claiming(postgres_url: str) -> None:
     ids = sorted(due_for_deletion(engine) for _ in range(4))
 
     def claim(conn: sa.Connection, wanted: list[str], claim_id: str) -> list[str]:
-        return accounts.claim_deletions(
-            conn, wanted, as_of=NOW, policy=POLICY, claim_id=claim_id, now=NOW, lease=LEASE
+        return queries.claim_deletions(
+            conn, wanted, as_of=NOW, policy=POLICY, claim=Claim(claim_id, NOW, LEASE)
         )
 
     with engine.connect() as slow, slow.begin():  # run A claimed two users, not committed yet

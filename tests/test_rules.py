@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 
 import pytest
 
-from lifecycle.rules import Account, Decision, Policy, decide
+from lifecycle.processes.inactive_accounts.rules import Account, Decision, Policy, decide
+from tests.support import clock
 
 AS_OF = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 SECOND = timedelta(seconds=1)
-
-
-def days_ago(days: float) -> datetime:
-    return AS_OF - timedelta(days=days)
+days_ago = partial(clock.days_ago, before=AS_OF)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The SQL in lifecycle.accounts selects exactly the users lifecycle.rules.decide picks."""
+"""The SQL in queries.py selects exactly the users rules.decide picks."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from lifecycle import accounts
 from lifecycle.db.schema import users
-from lifecycle.rules import Account, Decision, Policy, decide
-from tests.factories import insert_user
+from lifecycle.processes.inactive_accounts import queries
+from lifecycle.processes.inactive_accounts.rules import Account, Decision, Policy, decide
+from tests.support.factories import insert_user
 
 AS_OF = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 OFFSETS = [0, 1, 29, 30, 31, 59, 60, 61, 89, 90, 91, 200]
@@ -42,12 +42,12 @@ def test_sql_and_python_agree(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         warn = set(
             conn.execute(
-                sa.select(users.c.id).where(accounts.due_for_warning(AS_OF, policy))
+                sa.select(users.c.id).where(queries.due_for_warning(AS_OF, policy))
             ).scalars()
         )
         delete = set(
             conn.execute(
-                sa.select(users.c.id).where(accounts.due_for_deletion(AS_OF, policy))
+                sa.select(users.c.id).where(queries.due_for_deletion(AS_OF, policy))
             ).scalars()
         )
     assert warn == {uid for uid, d in expected.items() if d is Decision.WARN}

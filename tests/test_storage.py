@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 import boto3
 import pytest
 
-from lifecycle.storage import (
+from lifecycle.clients.storage import (
     LocalStorage,
     ObjectStorage,
     S3Storage,

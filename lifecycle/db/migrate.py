@@ -11,6 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from lifecycle.db.engine import get_engine
+from lifecycle.errors import ConfigError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -31,7 +32,7 @@ def upgrade(url: str, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
-class SchemaOutOfDate(RuntimeError):
+class SchemaOutOfDate(ConfigError):
     """The database is not at the latest migration."""
 
 

@@ -38,6 +38,12 @@ metadata = sa.MetaData()
 SUBSCRIPTION_STATUSES = ("none", "trialing", "active", "past_due", "canceled", "expired")
 ACTIVATION_STATUSES = ("NONE", "MAIL_SENT", "DONE")
 
+
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """A CHECK constraint's text: ``column IN ('a','b')`` (values are our own constants)."""
+    return f"{column} IN ({','.join(repr(value) for value in values)})"
+
+
 users = sa.Table(
     "users",
     metadata,
@@ -64,11 +70,10 @@ users = sa.Table(
     sa.Column("analytics_consent", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("analytics_consent_revoked_at", UTCDateTime()),
     sa.CheckConstraint(
-        "subscription_status IN ('none','trialing','active','past_due','canceled','expired')",
-        name="ck_users_subscription_status",
+        one_of("subscription_status", SUBSCRIPTION_STATUSES), name="ck_users_subscription_status"
     ),
     sa.CheckConstraint(
-        "activation_status IN ('NONE','MAIL_SENT','DONE')", name="ck_users_activation_status"
+        one_of("activation_status", ACTIVATION_STATUSES), name="ck_users_activation_status"
     ),
 )
 # The warning sweep walks last_visit_at; the deletion sweep walks warnings; resumes walk starts.

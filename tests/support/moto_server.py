@@ -29,18 +29,19 @@ def aws_credentials() -> Iterator[None]:
     """Fake AWS credentials in os.environ for the session; the previous values come back after."""
     saved = {name: os.environ.get(name) for name in FAKE_AWS_ENV}
     try:
-        for name, value in FAKE_AWS_ENV.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _set_environment(FAKE_AWS_ENV)
         yield
     finally:
-        for name, old in saved.items():
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
+        _set_environment(saved)
+
+
+def _set_environment(values: dict[str, str | None]) -> None:
+    """Set each variable, or unset it where the value is None."""
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

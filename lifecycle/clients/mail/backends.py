@@ -14,15 +14,8 @@ import smtplib
 import ssl
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.charset import QP, Charset
-from email.header import Header
-from email.message import Message
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
-from email.policy import compat32
-from email.utils import formataddr, formatdate, getaddresses, make_msgid, parseaddr
+from email.utils import parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -32,8 +25,9 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from pydantic import SecretStr
 
+from lifecycle.clients.mail.message import OutgoingMail, build_message
+from lifecycle.errors import LifecycleError, PermanentError, TransientError
 from lifecycle.privacy import mask_email, redact
-from lifecycle.settings import Settings
 
 if TYPE_CHECKING:
     from mypy_boto3_sesv2 import SESV2Client
@@ -54,33 +48,16 @@ _SES_TRANSIENT_CODES = frozenset(
     }
 )
 
-# UTF-8 bodies and headers as quoted-printable: readable in raw form, 7-bit safe.
-_UTF8 = Charset("utf-8")
-_UTF8.body_encoding = QP
-_UTF8.header_encoding = QP
-# Lines end in CRLF, as on the wire (SES raw messages, .eml files).
-_WIRE = compat32.clone(linesep="\r\n")
 
-
-@dataclass(frozen=True)
-class OutgoingMail:
-    """One rendered mail to one recipient."""
-
-    to: str
-    subject: str
-    text: str
-    html: str
-
-
-class MailError(RuntimeError):
+class MailError(LifecycleError):
     """Sending failed; the message never names the recipient."""
 
 
-class TransientMailError(MailError):
+class TransientMailError(MailError, TransientError):
     """Worth retrying later: throttling, connection trouble, SMTP 4xx."""
 
 
-class PermanentMailError(MailError):
+class PermanentMailError(MailError, PermanentError):
     """Retrying won't help: rejected address or content, SMTP 5xx, SES MessageRejected."""
 
 
@@ -94,39 +71,6 @@ class Mailer(Protocol):
     def close(self) -> None:
         """Release connections; the mailer may be used again afterwards."""
         ...
-
-
-def build_message(mail: OutgoingMail, *, sender: str) -> Message:
-    """A multipart/alternative (text, html) message; refuses line breaks in headers.
-
-    Built with the ``compat32`` MIME classes: the ``EmailMessage`` API costs 3-5 times as much
-    per mail, which shows in a sweep that writes thousands of warnings.
-    """
-    for name, value in (("sender", sender), ("recipient", mail.to), ("subject", mail.subject)):
-        if "".join(value.splitlines()) != value:
-            raise ValueError(f"{name} must not contain line breaks")
-    if len(getaddresses([mail.to])) != 1 or "@" not in parseaddr(mail.to)[1]:
-        raise ValueError("recipient must be exactly one e-mail address")
-    # "=_" never occurs in quoted-printable text, so this boundary needs no search of the parts.
-    boundary = f"=_{uuid.uuid4().hex}"
-    message = MIMEMultipart("alternative", boundary=boundary, policy=_WIRE)
-    message["From"] = _address_header(sender)
-    message["To"] = _address_header(mail.to)
-    message["Subject"] = (
-        mail.subject if mail.subject.isascii() else Header(mail.subject, _UTF8).encode()
-    )
-    message["Date"] = formatdate(usegmt=True)
-    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"  # not getfqdn(): DNS
-    message["Message-ID"] = make_msgid(domain=domain)
-    for body, subtype in ((mail.text, "plain"), (mail.html, "html")):
-        # MIMEText takes a Charset (typeshed says str only): quoted-printable, not base64.
-        message.attach(MIMEText(body, subtype, _UTF8, policy=_WIRE))  # type: ignore[arg-type]
-    return message
-
-
-def _address_header(value: str) -> str:
-    """An address header, with a non-ASCII display name encoded (RFC 2047)."""
-    return value if value.isascii() else formataddr(parseaddr(value), charset=_UTF8)
 
 
 class OutboxMailer:
@@ -323,30 +267,6 @@ def ses_client(*, region: str, endpoint_url: str | None = None) -> SESV2Client:
     return boto3.session.Session().client(
         "sesv2", region_name=region, endpoint_url=endpoint_url, config=config
     )
-
-
-def open_mailer(settings: Settings) -> Mailer:
-    """The backend chosen by ``settings.mail_backend``."""
-    if settings.mail_backend == "smtp":
-        if not settings.smtp_host:
-            raise ValueError("LIFECYCLE_SMTP_HOST is required with mail_backend=smtp")
-        return SmtpMailer(
-            host=settings.smtp_host,
-            port=settings.smtp_port,
-            sender=settings.sender,
-            security=settings.smtp_security,
-            username=settings.smtp_username,
-            password=settings.smtp_password,
-            timeout=settings.smtp_timeout_seconds,
-        )
-    if settings.mail_backend == "ses":
-        client = ses_client(region=settings.aws_region, endpoint_url=settings.ses_endpoint_url)
-        return SesMailer(
-            client=client,
-            sender=settings.sender,
-            configuration_set=settings.ses_configuration_set,
-        )
-    return OutboxMailer(directory=settings.resolved_outbox_dir, sender=settings.sender)
 
 
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:

@@ -17,6 +17,8 @@ from urllib.parse import unquote, urlsplit
 import boto3
 from botocore.config import Config
 
+from lifecycle.errors import PermanentError
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
@@ -26,7 +28,7 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 30.0
 
 
-class StorageError(RuntimeError):
+class StorageError(PermanentError):
     """Raised for an invalid key or prefix, or when the store refuses to delete objects."""
 
 

@@ -1,0 +1,67 @@
+"""The one composition root: every client the processes use, built from settings.
+
+Clients are built on first use, so a task only opens what it needs, and closed together.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from lifecycle.clients.mail.backends import (
+    Mailer,
+    OutboxMailer,
+    SesMailer,
+    SmtpMailer,
+    ses_client,
+)
+from lifecycle.clients.storage import ObjectStorage, open_storage
+from lifecycle.errors import ConfigError
+from lifecycle.settings import Settings
+
+
+def open_mailer(settings: Settings) -> Mailer:
+    """The backend chosen by ``settings.mail_backend``."""
+    if settings.mail_backend == "smtp":
+        if not settings.smtp_host:
+            raise ConfigError("LIFECYCLE_SMTP_HOST is required with mail_backend=smtp")
+        return SmtpMailer(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            sender=settings.sender,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            timeout=settings.smtp_timeout_seconds,
+        )
+    if settings.mail_backend == "ses":
+        client = ses_client(region=settings.aws_region, endpoint_url=settings.ses_endpoint_url)
+        return SesMailer(
+            client=client,
+            sender=settings.sender,
+            configuration_set=settings.ses_configuration_set,
+        )
+    return OutboxMailer(directory=settings.resolved_outbox_dir, sender=settings.sender)
+
+
+class Clients:
+    """Storage, mail and the other external systems, as configured."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def storage(self) -> ObjectStorage:
+        return open_storage(
+            self.settings.resolved_storage_url,
+            endpoint_url=self.settings.s3_endpoint_url,
+            region=self.settings.aws_region,
+        )
+
+    @cached_property
+    def mailer(self) -> Mailer:
+        return open_mailer(self.settings)
+
+    def close(self) -> None:
+        """Release connections of the clients that were opened."""
+        if "mailer" in self.__dict__:
+            self.mailer.close()

@@ -1,0 +1,235 @@
+"""The Prefect side of lifecycle's interfaces, and the options every batch task shares.
+
+- :func:`batch_task`: retries only what :func:`lifecycle.errors.is_retryable` calls transient.
+- :func:`report_batch`: one batch's log lines and events (one event per outcome, by pseudonym).
+- :class:`PrefectLeaseMutex` and :func:`paced_mail`: the mail rate every run and worker shares,
+  on a Prefect global concurrency limit (``lifecycle.clients.mail.pacing`` explains the pace).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+from uuid import UUID
+
+import httpx
+from prefect import Task, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.objects import TaskRun
+from prefect.events import emit_event
+from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
+from prefect.runtime import task_run
+from prefect.states import State
+from prefect.tasks import exponential_backoff
+
+from lifecycle.clients.mail.backends import Mailer
+from lifecycle.clients.mail.message import OutgoingMail
+from lifecycle.clients.mail.pacing import PacedSender
+from lifecycle.common.batch import LOGGED_FAILURES, BatchReport, RunSummary
+from lifecycle.errors import ConfigError, is_retryable
+from lifecycle.settings import Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Batches are idempotent (claims), so a transient failure simply reruns the batch.
+RETRIES = 2
+RETRY_DELAYS = exponential_backoff(backoff_factor=5)
+
+
+def retry_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry a failed batch unless its error says retrying cannot help (bad config, say).
+
+    A plain function on purpose: Prefect silently ignores a partial or callable object here.
+    """
+    try:
+        state.result()
+    except Exception as exc:
+        return is_retryable(exc)
+    return False
+
+
+def batch_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """``@batch_task("warn-inactive-batch")``: a task with the shared retry options."""
+    return task(
+        name=name,
+        retries=RETRIES,
+        retry_delay_seconds=RETRY_DELAYS,
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_transient,
+        cache_policy=NO_CACHE,
+    )
+
+
+def report_batch(report: BatchReport, events: Mapping[str, str]) -> BatchReport:
+    """Log the batch and emit one event per outcome in ``events`` (outcome -> event name).
+
+    One event per batch, not per item: an event per account would cost the Prefect server
+    more than the work itself. The payload lists the items by pseudonym.
+    """
+    logger = get_run_logger()
+    for outcome, event in events.items():
+        subjects = report.subjects.get(outcome, [])
+        if subjects:
+            emit_event(
+                event=event,
+                resource={
+                    "prefect.resource.id": f"lifecycle.batch.{task_run.get_id()}",
+                    "prefect.resource.name": task_run.get_name() or "batch",
+                },
+                payload={"count": len(subjects), "accounts": subjects},
+            )
+    for failure in report.failures[:LOGGED_FAILURES]:
+        logger.error("item %s failed at %s: %s", failure.subject[:16], failure.stage, failure.error)
+    if len(report.failures) > LOGGED_FAILURES:
+        logger.error("... and %d more failures", len(report.failures) - LOGGED_FAILURES)
+    logger.info("batch: %s", dict(report.counts))
+    return report
+
+
+# --- the shared mail rate ---------------------------------------------------------------------
+
+
+def ensure_mail_limit(client: SyncPrefectClient, name: str) -> None:
+    """Create (or reset to) the limit-1, no-decay global limit the pacer locks on."""
+    try:
+        client.upsert_global_concurrency_limit_by_name(name, limit=1, slot_decay_per_second=0.0)
+    except ObjectAlreadyExists:  # a concurrent run created it between read and create
+        pass
+
+
+class ServerBusy(Exception):
+    """The Prefect API answered 429, 502 or 503: ask again shortly."""
+
+
+class _BusyIsAnAnswer(httpx.BaseTransport):
+    """Turns a busy answer (429, 502, 503) into :class:`ServerBusy` at once.
+
+    Why: the Prefect client's own retry loop sleeps 2, 4, 8 s (jittered, or the server's
+    Retry-After) on those codes, and a SQLite-backed server answers 503 now and then while
+    other workers poll the mail limit. Every such stall is mail not sent at the shared rate,
+    so the mutex polls again after 20 ms instead. This transport is the only place that
+    bypasses the client's retries, and only the mutex's client uses it.
+    """
+
+    BUSY = frozenset({429, 502, 503})
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport(retries=3)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        if response.status_code in self.BUSY:
+            response.close()
+            raise ServerBusy(f"Prefect API answered {response.status_code}")
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+@contextmanager
+def mutex_client() -> Iterator[SyncPrefectClient]:
+    """A Prefect client for the mail mutex: busy answers raise :class:`ServerBusy`."""
+    with get_client(sync_client=True, httpx_settings={"transport": _BusyIsAnAnswer()}) as client:
+        yield client
+
+
+class PrefectLeaseMutex:
+    """Holds the single slot of a Prefect global concurrency limit under a lease.
+
+    Uses the client's public lease calls. A held slot (423) or a busy server is asked again
+    after ``poll_seconds``, not after the server's Retry-After (up to 30 s), which would stall
+    every hand-over between senders.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: SyncPrefectClient,
+        limit_name: str,
+        lease_seconds: float = 120.0,
+        poll_seconds: float = 0.02,
+        timeout_seconds: float = 3600.0,
+        release_seconds: float = 30.0,
+    ) -> None:
+        self._client = client
+        self._name = limit_name
+        self._lease_seconds = lease_seconds
+        self._poll_seconds = poll_seconds
+        self._timeout_seconds = timeout_seconds
+        self._release_seconds = release_seconds
+        self._lease_id: UUID | None = None
+
+    def acquire(self) -> None:
+        response = self._until_answered(
+            lambda: self._client.increment_concurrency_slots_with_lease(
+                names=[self._name], slots=1, mode="concurrency", lease_duration=self._lease_seconds
+            ),
+            self._timeout_seconds,
+        )
+        if response is None:
+            raise TimeoutError(f"waited {self._timeout_seconds:.0f}s for mail limit {self._name!r}")
+        answer = response.json()
+        if not answer.get("limits"):
+            raise ConfigError(
+                f"global concurrency limit {self._name!r} does not exist or is inactive; "
+                "run `python -m deployments.bootstrap`"
+            )
+        self._lease_id = UUID(str(answer["lease_id"]))
+
+    def release(self) -> None:
+        """Give the slot back; if the server cannot be reached, the lease expires on its own."""
+        if self._lease_id is None:
+            return
+        lease_id, self._lease_id = self._lease_id, None
+        try:
+            self._until_answered(
+                lambda: self._client.release_concurrency_slots_with_lease(lease_id),
+                self._release_seconds,
+            )
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 404:  # 404: the lease already expired
+                raise
+
+    def _until_answered(
+        self, call: Callable[[], httpx.Response], seconds: float
+    ) -> httpx.Response | None:
+        """``call()`` every ``poll_seconds`` while the slot is held (423) or the server busy;
+        ``None`` after ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                return call()
+            except ServerBusy:
+                pass
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code != 423:
+                    raise
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(self._poll_seconds)
+
+
+@contextmanager
+def paced_mail(settings: Settings, mailer: Mailer) -> Iterator[Callable[[OutgoingMail], str]]:
+    """``mailer.send`` under the shared mail rate (unpaced at rate 0: local outbox only)."""
+    if settings.mail_rate_per_second <= 0:
+        yield mailer.send
+        return
+    with mutex_client() as client:
+        ensure_mail_limit(client, settings.mail_limit_name)
+        mutex = PrefectLeaseMutex(client=client, limit_name=settings.mail_limit_name)
+        with PacedSender(
+            mailer=mailer, mutex=mutex, rate_per_second=settings.mail_rate_per_second
+        ) as sender:
+            yield sender.send
+
+
+def publish_summary(key: str, title: str, summary: RunSummary) -> None:
+    """The run's summary as a table artifact (outcome, count) in the Prefect UI."""
+    create_table_artifact(key=key, table=summary.rows(), description=f"{title}: {summary.line()}")
