@@ -28,6 +28,19 @@ class PermanentError(LifecycleError):
     """Trying again will not help."""
 
 
+class DependencyDown(TransientError):
+    """A dependency kept failing (timeouts, 5xx, throttling) past its retries: the batch stops.
+
+    ``exhausted`` means the retries within the time budget are spent, so it must not be
+    retried further: the run fails, naming the dependency.
+    """
+
+    def __init__(self, dependency: str, detail: str, *, exhausted: bool = False) -> None:
+        super().__init__(f"{dependency} is not answering: {detail}")
+        self.dependency = dependency
+        self.exhausted = exhausted
+
+
 class RunAborted(ConfigError):
     """A safety limit stopped the run before it changed anything."""
 
@@ -37,5 +50,8 @@ class RunFailed(PermanentError):
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Transient errors and foreign exceptions are retried; our other kinds never are."""
+    """Transient errors and foreign exceptions are retried; our other kinds never are, and
+    neither is a dependency whose retry budget is spent."""
+    if isinstance(exc, DependencyDown) and exc.exhausted:
+        return False
     return isinstance(exc, TransientError) or not isinstance(exc, LifecycleError)

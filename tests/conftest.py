@@ -16,7 +16,11 @@ from lifecycle.db.engine import get_engine
 from lifecycle.db.migrate import upgrade
 from lifecycle.settings import Settings
 
-pytest_plugins = ["tests.support.moto_server", "tests.support.smtp_server"]
+pytest_plugins = [
+    "tests.support.http_server",
+    "tests.support.moto_server",
+    "tests.support.smtp_server",
+]
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 

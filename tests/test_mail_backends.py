@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import re
-import socket
 import threading
 import traceback
 import uuid
@@ -35,6 +34,7 @@ from lifecycle.clients.mail.backends import (
 )
 from lifecycle.clients.mail.message import OutgoingMail, build_message
 from lifecycle.settings import Settings
+from tests.support.http_server import closed_port
 from tests.support.smtp_server import LocalSmtpServer, Stage
 
 if TYPE_CHECKING:
@@ -76,12 +76,6 @@ def assert_private(exc: BaseException, *secrets: str) -> None:
     for secret in secrets:
         assert secret.lower() not in str(exc).lower()
         assert secret.lower() not in printed
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # --- build_message ---------------------------------------------------------------------------

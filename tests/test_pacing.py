@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -20,6 +19,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from lifecycle.clients.mail.message import OutgoingMail
 from lifecycle.clients.mail.pacing import SAFETY, PacedSender
 from tasks._prefect import PrefectLeaseMutex, ensure_mail_limit, mutex_client
+from tests.support.http_server import closed_port
 
 MAIL = OutgoingMail(to="a@example.com", subject="s", text="t", html="<p>h</p>")
 
@@ -262,10 +262,7 @@ def test_mutex_polls_again_on_busy_answers_instead_of_backing_off(
 
 
 def test_mutex_fails_at_once_when_the_api_is_unreachable() -> None:
-    with socket.socket() as probe:  # a port with nothing listening
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    api = f"http://127.0.0.1:{port}/api"
+    api = f"http://127.0.0.1:{closed_port()}/api"
     with temporary_settings({PREFECT_API_URL: api}), mutex_client() as client:
         mutex = PrefectLeaseMutex(client=client, limit_name="mail")
         with pytest.raises(httpx.ConnectError):

@@ -14,7 +14,7 @@ from typing import Self
 from pydantic import BaseModel
 
 from lifecycle.common.paging import Cursor
-from lifecycle.errors import ConfigError
+from lifecycle.errors import ConfigError, DependencyDown, is_retryable
 from lifecycle.privacy import describe_error
 
 #: Failures logged one by one per batch; the rest are counted.
@@ -70,6 +70,35 @@ class BatchReport:
         for outcome, subjects in other.subjects.items():
             self.subjects.setdefault(outcome, []).extend(subjects)
         self.failures.extend(other.failures)
+
+
+class Breaker:
+    """Stops a batch after ``limit`` transient failures of one dependency in a row.
+
+    A dependency that stopped answering then costs a few timeouts, not one per item: the
+    batch raises :class:`~lifecycle.errors.DependencyDown`, its task retries within its
+    budget, and the items not reached are left as they were. An item the dependency refused
+    (a permanent error) proves it answers, and resets the count.
+    """
+
+    def __init__(self, dependency: str, *, limit: int = 3) -> None:
+        self.dependency = dependency
+        self._limit = limit
+        self._streak = 0
+
+    def success(self) -> None:
+        self._streak = 0
+
+    def failure(self, exc: BaseException) -> None:
+        """Count ``exc``; raise :class:`DependencyDown` once ``limit`` transient ones ran."""
+        if not is_retryable(exc):
+            self._streak = 0
+            return
+        self._streak += 1
+        if self._streak >= self._limit:
+            raise DependencyDown(
+                self.dependency, f"{self._streak} failures in a row, last: {describe_error(exc)}"
+            )
 
 
 class RunSummary(BaseModel):
