@@ -26,7 +26,7 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` to ``revision`` (idempotent)."""
     engine = get_engine(url)
-    with engine.begin() as connection:
+    with engine.connect() as connection:  # each migration file commits on its own
         config = alembic_config(url)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
