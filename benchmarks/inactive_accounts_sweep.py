@@ -408,7 +408,11 @@ def run_port(conninfo: str, storage_root: Path, outbox: Path) -> PortResult:
                         result.deleted += 1
                         result.phases["delete"] += time.perf_counter() - mark
                 elif now - last_visit > WARN_AFTER:
-                    mailer.send(inactivity_warning(to=email, name=name, context=context))
+                    mailer.send(
+                        inactivity_warning(
+                            to=email, name=name, context=context, sent_at=datetime.now(UTC)
+                        )
+                    )
                     conn.execute(
                         "UPDATE users SET deletion_warning_sent_at = %s WHERE id = %s",
                         (now, user_id),
@@ -443,7 +447,11 @@ def measure_floor(root: Path) -> Floor:
     mailer, context = warning_outbox(root / "outbox")
     started = time.perf_counter()
     for index in range(WARN_DUE):
-        mailer.send(inactivity_warning(to=f"user{index}@example.com", name="Jo", context=context))
+        mailer.send(
+            inactivity_warning(
+                to=f"user{index}@example.com", name="Jo", context=context, sent_at=datetime.now(UTC)
+            )
+        )
     mail = time.perf_counter() - started
 
     storage = LocalStorage(root=root / "storage")

@@ -282,7 +282,12 @@ def run_rate_limit_worker(first: int, count: int, outbox: Path) -> int:
     for index in range(first, first + count):
         rate_limit(BASELINE_LIMIT, occupy=1, strict=True)
         mailer.send(
-            inactivity_warning(to=f"user{index}@example.com", name=f"User {index}", context=context)
+            inactivity_warning(
+                to=f"user{index}@example.com",
+                name=f"User {index}",
+                context=context,
+                sent_at=datetime.now(UTC),
+            )
         )
     print(RESULT_PREFIX + json.dumps({"sent": count}))
     return 0

@@ -1,7 +1,9 @@
 """Typed settings read from the environment (prefix ``LIFECYCLE_``).
 
 Call :func:`get_settings` where settings are needed; tests build ``Settings(...)`` directly.
-Every value is checked when settings are loaded, and an error names the variable to fix.
+Every value is checked when settings are loaded, and an error names the variable to fix:
+numbers refuse booleans and fractions, nested groups and JSON values refuse unknown keys, and
+an unknown ``LIFECYCLE_*`` variable (a typo) is refused with the closest known name.
 
 What every process shares (database, storage, mail, leases) is flat: ``LIFECYCLE_MAIL_BACKEND``.
 What one process alone needs is a nested group named after it:
@@ -10,22 +12,81 @@ What one process alone needs is a nested group named after it:
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from email.utils import getaddresses, parseaddr
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 from lifecycle.errors import ConfigError
+
+PREFIX = "LIFECYCLE_"
+#: Variables with our prefix that are not settings: the test suite's and benchmarks' own.
+FOREIGN_VARIABLES = re.compile(r"^LIFECYCLE_(TEST|BENCH)_")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 
 
 class SettingsError(ConfigError):
     """Raised when the environment holds invalid or missing settings."""
 
 
-class ReferenceRule(BaseModel):
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+#: Numbers that refuse booleans (pydantic would take ``true`` as 1).
+Count = Annotated[int, BeforeValidator(_not_a_bool)]
+Seconds = Annotated[float, BeforeValidator(_not_a_bool)]
+
+
+def _one_line(value: str, what: str) -> str:
+    if any(char in value for char in "\r\n\0"):
+        raise ValueError(f"{what} must be one line, without control characters")
+    return value
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(_one_line(value, "a URL"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL such as https://host:port")
+    if parts.username or parts.password:
+        raise ValueError("must not contain credentials; they come from their own settings")
+    return value
+
+
+def _not_a_file(value: Path | None) -> Path | None:
+    if value is not None and value.exists() and not value.is_dir():
+        raise ValueError(f"{value} is a file, not a folder")
+    return value
+
+
+class Group(BaseModel):
+    """A nested group of settings: unknown keys are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReferenceRule(Group):
     """A column elsewhere that points at a user id, and what to do with it on deletion."""
 
     table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -33,7 +94,7 @@ class ReferenceRule(BaseModel):
     action: Literal["set_null", "delete"]
 
 
-class DeletionPlanSettings(BaseModel):
+class DeletionPlanSettings(Group):
     """What belongs to a user outside the ``users`` row: storage prefix and referencing rows."""
 
     storage_prefix: str = Field(
@@ -63,26 +124,31 @@ class DeletionPlanSettings(BaseModel):
         return self.storage_prefix.format(user_id=user_id)
 
 
-class InactiveAccountsSettings(BaseModel):
+class InactiveAccountsSettings(Group):
     """``LIFECYCLE_INACTIVE_ACCOUNTS__*``: tuning of the inactive-accounts process."""
 
-    claim_group: int = Field(
+    claim_group: Count = Field(
         20,
         ge=1,
         le=1000,
-        description="Users claimed for deletion per commit; a user's files are deleted at most "
-        "one group's storage work after the claim that re-checked their inactivity.",
+        description="Users claimed per commit; a user's files are deleted at most one group's "
+        "storage work after the claim that re-checked their inactivity.",
+    )
+    undeliverable: Literal["keep", "delete"] = Field(
+        "keep",
+        description="A user whose warning the mail backend refused for good (bad address, hard "
+        "bounce) got no notice. keep: never delete them on the strength of it; they are counted "
+        "as undeliverable in every run until they visit or their address is fixed. delete: "
+        "treat the attempt as the warning and delete them after the grace period.",
     )
 
 
 class Settings(BaseSettings):
     """Everything the flows need to reach the database, object storage and mail."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LIFECYCLE_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_nested_delimiter="__", extra="ignore")
 
-    data_dir: Path = Field(
+    data_dir: Annotated[Path, BeforeValidator(str)] = Field(
         Path(".lifecycle"), description="Where the embedded defaults keep their files."
     )
     database_url: str | None = Field(
@@ -98,14 +164,14 @@ class Settings(BaseSettings):
     mail_from: str | None = Field(None, description="Sender, e.g. 'Acme <no-reply@acme.com>'.")
     outbox_dir: Path | None = None
     smtp_host: str | None = None
-    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_port: Count = Field(587, ge=1, le=65535)
     smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
-    smtp_timeout_seconds: float = Field(30.0, gt=0)
+    smtp_timeout_seconds: Seconds = Field(30.0, gt=0, le=300)
     ses_endpoint_url: str | None = None
     ses_configuration_set: str | None = None
-    mail_rate_per_second: float = Field(
+    mail_rate_per_second: Seconds = Field(
         14.0,
         ge=0,
         le=1000,
@@ -115,11 +181,15 @@ class Settings(BaseSettings):
 
     app_url: str = "http://localhost:8000"
     product_name: str = Field("Lifecycle Demo", min_length=1, max_length=100)
-    lease_seconds: int = Field(
+    lease_seconds: Count = Field(
         900, ge=60, le=86_400, description="How long a claim on a user protects it."
     )
     pseudonym_key: SecretStr | None = Field(
         None, description="HMAC key for user-id hashes in receipts and events."
+    )
+    deletions_paused: bool = Field(
+        False,
+        description="Kill switch: every run skips deletions (and says so); warnings go on.",
     )
     deletion_plan: DeletionPlanSettings = Field(default_factory=DeletionPlanSettings)
 
@@ -144,19 +214,51 @@ class Settings(BaseSettings):
     def _check_storage_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value)
-        if parts.scheme == "s3" and parts.netloc:
+        parts = urlsplit(_one_line(value, "a URL"))
+        plain = not parts.query and not parts.fragment
+        if plain and parts.scheme == "s3" and parts.netloc:
             return value
-        if parts.scheme == "file" and not parts.netloc and parts.path.startswith("/"):
+        if plain and parts.scheme == "file" and not parts.netloc and parts.path.startswith("/"):
             return value
-        raise ValueError("must be s3://bucket/optional/prefix or file:///absolute/path")
+        raise ValueError(
+            "must be s3://bucket/optional/prefix or file:///absolute/path, "
+            "without a query string or fragment"
+        )
 
     @field_validator("app_url")
     @classmethod
     def _check_app_url(cls, value: str) -> str:
-        parts = urlsplit(value)
+        parts = urlsplit(_one_line(value, "a URL"))
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http(s) URL such as https://app.example.com")
+        return value
+
+    _check_endpoints = field_validator("s3_endpoint_url", "ses_endpoint_url")(_http_url)
+    _check_folders = field_validator("data_dir", "outbox_dir")(_not_a_file)
+
+    @field_validator("aws_region")
+    @classmethod
+    def _check_region(cls, value: str) -> str:
+        if not _REGION.match(value):
+            raise ValueError("must be an AWS region such as us-east-1 or eu-central-1")
+        return value
+
+    @field_validator("product_name", "smtp_host", "smtp_username", "ses_configuration_set")
+    @classmethod
+    def _check_one_line(cls, value: str | None) -> str | None:
+        return None if value is None else _one_line(value, "the value")
+
+    @field_validator("mail_from")
+    @classmethod
+    def _check_sender(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _one_line(value, "the sender")
+        addresses = getaddresses([value])
+        address = parseaddr(value)[1]
+        local, at, domain = address.rpartition("@")
+        if len(addresses) != 1 or not at or not local or "." not in domain:
+            raise ValueError("must be one address, e.g. 'Acme <no-reply@acme.com>'")
         return value
 
     @model_validator(mode="after")
@@ -196,18 +298,43 @@ class Settings(BaseSettings):
         return self.mail_from or f"{self.product_name} <lifecycle@localhost>"
 
 
+def known_variables() -> set[str]:
+    """Every ``LIFECYCLE_*`` name a setting is read from, nested ones included."""
+    names: set[str] = set()
+    for name, field in Settings.model_fields.items():
+        variable = f"{PREFIX}{name.upper()}"
+        names.add(variable)
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            names.update(f"{variable}__{nested.upper()}" for nested in group.model_fields)
+    return names
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``LIFECYCLE_*`` variables no setting reads, each with the closest known name."""
+    known = known_variables()
+    problems = []
+    for name in sorted(environ):
+        if not name.startswith(PREFIX) or name in known or FOREIGN_VARIABLES.match(name):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"{name}: not a lifecycle setting{hint}")
+    return problems
+
+
 def get_settings() -> Settings:
     """Load settings from the environment, or fail with a message naming what to set."""
+    problems = unknown_variables(os.environ)
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"LIFECYCLE_{'__'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
+        problems += [
+            f"{PREFIX}{'__'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
             for err in exc.errors()
-        )
-        raise SettingsError(f"Invalid lifecycle settings: {problems}") from None
+        ]
     except SourceError as exc:  # a value that is not valid JSON, e.g. LIFECYCLE_DELETION_PLAN
-        raise SettingsError(
-            f"Invalid lifecycle settings: {exc}; JSON values such as LIFECYCLE_DELETION_PLAN "
-            "must be valid JSON"
-        ) from None
+        problems.append(f"{exc}; JSON values such as LIFECYCLE_DELETION_PLAN must be valid JSON")
+    if problems:
+        raise SettingsError(f"Invalid lifecycle settings: {'; '.join(problems)}") from None
+    return settings

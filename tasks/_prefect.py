@@ -22,9 +22,10 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import TaskRun
 from prefect.events import emit_event
 from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
-from prefect.runtime import task_run
+from prefect.runtime import flow_run, task_run
 from prefect.states import State
 from prefect.tasks import exponential_backoff
+from prefect.variables import Variable
 
 from lifecycle.clients.mail.backends import Mailer
 from lifecycle.clients.mail.message import OutgoingMail
@@ -89,6 +90,24 @@ def report_batch(report: BatchReport, events: Mapping[str, str]) -> BatchReport:
         logger.error("... and %d more failures", len(report.failures) - LOGGED_FAILURES)
     logger.info("batch: %s", dict(report.counts))
     return report
+
+
+# --- the kill switch ---------------------------------------------------------------------------
+
+#: A Prefect variable operators can flip in the UI to pause every deletion, like the setting.
+PAUSE_VARIABLE = "lifecycle_deletions_paused"
+_ON = {"true", "yes", "on", "1"}
+_OFF = {"false", "no", "off", "0", ""}
+
+
+def deletions_paused(settings: Settings) -> bool:
+    """Whether deletions are paused: LIFECYCLE_DELETIONS_PAUSED, or the Prefect variable."""
+    if settings.deletions_paused:
+        return True
+    value = str(Variable.get(PAUSE_VARIABLE, default=False)).strip().lower()
+    if value not in _ON | _OFF:
+        raise ConfigError(f"Prefect variable {PAUSE_VARIABLE} must be true or false")
+    return value in _ON
 
 
 # --- the shared mail rate ---------------------------------------------------------------------
@@ -230,6 +249,13 @@ def paced_mail(settings: Settings, mailer: Mailer) -> Iterator[Callable[[Outgoin
             yield sender.send
 
 
-def publish_summary(key: str, title: str, summary: RunSummary) -> None:
-    """The run's summary as a table artifact (outcome, count) in the Prefect UI."""
+def publish_summary(process: str, title: str, summary: RunSummary) -> None:
+    """The run's summary as a table artifact (outcome, count) in the Prefect UI.
+
+    Each run has a key of its own, so runs never overwrite each other's summary: the process,
+    dry run or not, the instant evaluated at, and the flow run.
+    """
+    kind = "dry-run" if summary.dry_run else "run"
+    run = (flow_run.get_id() or "local")[:8]
+    key = f"{process}-{kind}-{summary.as_of:%Y%m%d-%H%M%S}-{run}"
     create_table_artifact(key=key, table=summary.rows(), description=f"{title}: {summary.line()}")

@@ -8,17 +8,17 @@ from datetime import UTC, datetime, timedelta
 from prefect.runtime import flow_run
 
 from lifecycle.clients.build import Clients
-from lifecycle.common.batch import BatchReport
+from lifecycle.common.batch import BatchReport, Breaker
 from lifecycle.common.erasure import resolve_plan
 from lifecycle.common.paging import Cursor
 from lifecycle.db.engine import get_engine
 from lifecycle.db.migrate import assert_current
 from lifecycle.processes.inactive_accounts import queries, steps
-from lifecycle.processes.inactive_accounts.queries import DeletionQueue, DueCounts
-from lifecycle.processes.inactive_accounts.steps import SweepContext, SweepParams
+from lifecycle.processes.inactive_accounts.queries import DeletionQueue
+from lifecycle.processes.inactive_accounts.steps import SweepContext, SweepParams, SweepPlan
 from lifecycle.processes.inactive_accounts.warning_mail import WarningContext
 from lifecycle.settings import Settings, get_settings
-from tasks._prefect import batch_task, paced_mail, report_batch
+from tasks._prefect import batch_task, deletions_paused, paced_mail, report_batch
 
 
 def _context(settings: Settings, params: SweepParams) -> SweepContext:
@@ -32,20 +32,28 @@ def _context(settings: Settings, params: SweepParams) -> SweepContext:
         pseudonym_key=key.get_secret_value().encode() if key else None,
         flow_run_id=flow_run.get_id(),
         claim_group=settings.inactive_accounts.claim_group,
+        undeliverable=settings.inactive_accounts.undeliverable,
     )
 
 
 @batch_task("preflight-inactive-accounts")
-def preflight(params: SweepParams) -> DueCounts:
-    """Check the schema and the deletion plan, and count what is due (nothing is changed)."""
+def preflight(params: SweepParams) -> SweepPlan:
+    """Check the database, the deletion plan and object storage, and count what is due.
+
+    Nothing is claimed or changed: a misconfiguration fails the run here, before any work.
+    """
     settings = get_settings()
     engine = get_engine(settings.resolved_database_url)
     assert_current(engine)
     resolve_plan(engine, settings.deletion_plan)
+    paused = deletions_paused(settings)
+    if not paused and not params.dry_run:
+        Clients(settings).check_storage()
     with engine.connect() as conn:
-        return queries.count_due(
+        due = queries.count_due(
             conn, as_of=params.as_of, policy=params.policy, now=datetime.now(UTC)
         )
+    return SweepPlan(due=due, deletions_paused=paused)
 
 
 @batch_task("warn-inactive-batch")
@@ -70,6 +78,7 @@ def warn_inactive_batch(params: SweepParams, after: Cursor | None) -> BatchRepor
             _context(settings, params),
             send=send,
             mail_context=mail_context,
+            breaker=Breaker(f"the mail backend (LIFECYCLE_MAIL_BACKEND={settings.mail_backend})"),
             after=after,
             limit=params.batch_size,
         )
@@ -88,6 +97,7 @@ def delete_inactive_batch(
         queue=queue,
         storage=Clients(settings).storage,
         plan=resolve_plan(ctx.engine, settings.deletion_plan),
+        breaker=Breaker(f"object storage (LIFECYCLE_STORAGE_URL={settings.resolved_storage_url})"),
         after=after,
         limit=params.batch_size,
         budget=budget,

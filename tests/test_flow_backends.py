@@ -56,7 +56,7 @@ def test_s3_folder_over_1000_objects_and_ses_mail(
     assert ses.get_send_quota()["SentLast24Hours"] - sent_before == 3
 
 
-def test_smtp_failure_of_one_user_fails_the_run_after_the_others(
+def test_smtp_hard_bounce_is_undeliverable_not_notice_and_not_retried_daily(
     engine: sa.Engine,
     lifecycle_env: Settings,
     monkeypatch: pytest.MonkeyPatch,
@@ -71,11 +71,9 @@ def test_smtp_failure_of_one_user_fails_the_run_after_the_others(
     bounced = insert_user(engine, last_visit_at=days_ago(90), email="gone@example.com")
     smtp_server.fail("gone@example.com", "550 5.1.1 <gone@example.com>: no such user")
 
-    state = inactive_accounts(return_state=True)
+    summary = inactive_accounts()
 
-    assert state.is_failed()
-    assert "1 accounts failed" in str(state.message)
-    assert "gone@example.com" not in str(state.message)
+    assert summary.counts == {"warned": 3, "undeliverable": 1}
     delivered = [email.message_from_bytes(m.content) for m in smtp_server.messages]
     assert sorted(m["To"] for m in delivered) == sorted(
         user_row(engine, uid).email  # type: ignore[union-attr]
@@ -83,10 +81,10 @@ def test_smtp_failure_of_one_user_fails_the_run_after_the_others(
     )
     assert all(user_row(engine, uid).deletion_warning_sent_at for uid in ok)  # type: ignore[union-attr]
     row = user_row(engine, bounced)
-    assert row is not None
-    assert row.deletion_warning_sent_at is None and row.warning_claim_id is None  # retried later
+    assert row is not None and row.warning_claim_id is None
+    assert row.deletion_warning_sent_at is None  # no notice reached them: no deletion clock
+    assert row.warning_undeliverable_at is not None
 
     smtp_server.messages.clear()
-    state = inactive_accounts(return_state=True)
-    assert state.is_failed()
-    assert len(smtp_server.messages) == 0  # the others are not mailed twice
+    assert inactive_accounts().counts == {}  # neither the others nor the bounce mailed again
+    assert len(smtp_server.messages) == 0

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from flows.inactive_accounts import inactive_accounts
 from lifecycle.clients.storage import LocalStorage
+from lifecycle.common.batch import Breaker
 from lifecycle.common.claims import Claim
 from lifecycle.common.erasure import resolve_plan
 from lifecycle.db.engine import get_engine
@@ -104,6 +105,7 @@ def test_user_who_visits_during_a_batch_is_not_deleted(engine: sa.Engine, tmp_pa
         queue=DeletionQueue.DUE,
         storage=storage,
         plan=resolve_plan(engine, DeletionPlanSettings()),
+        breaker=Breaker("storage"),
         after=None,
         limit=100,
         budget=100,

@@ -31,6 +31,9 @@ def test_sql_and_python_agree(engine: sa.Engine) -> None:
             deletion_warning_sent_at=_maybe(
                 rng, AS_OF - timedelta(days=rng.choice(OFFSETS)) + jitter
             ),
+            warning_undeliverable_at=_maybe(
+                rng, AS_OF - timedelta(days=rng.choice(OFFSETS)) + jitter
+            ),
             free_trial_ends_at=_maybe(rng, AS_OF + timedelta(seconds=rng.choice([-1, 0, 1]))),
             lifetime_deal=rng.random() < 0.1,
             subscription_status=rng.choice(["none", "active", "past_due", "canceled", "expired"]),
@@ -39,17 +42,13 @@ def test_sql_and_python_agree(engine: sa.Engine) -> None:
         user_id = insert_user(engine, **vars(account))
         expected[user_id] = decide(account, AS_OF, policy)
 
+    conditions = {
+        Decision.WARN: queries.due_for_warning(AS_OF, policy),
+        Decision.DELETE: queries.due_for_deletion(AS_OF, policy),
+        Decision.UNDELIVERABLE: queries.undeliverable(AS_OF),
+    }
     with engine.connect() as conn:
-        warn = set(
-            conn.execute(
-                sa.select(users.c.id).where(queries.due_for_warning(AS_OF, policy))
-            ).scalars()
-        )
-        delete = set(
-            conn.execute(
-                sa.select(users.c.id).where(queries.due_for_deletion(AS_OF, policy))
-            ).scalars()
-        )
-    assert warn == {uid for uid, d in expected.items() if d is Decision.WARN}
-    assert delete == {uid for uid, d in expected.items() if d is Decision.DELETE}
-    assert warn and delete  # the sample covers both outcomes
+        for decision, condition in conditions.items():
+            chosen = set(conn.execute(sa.select(users.c.id).where(condition)).scalars())
+            assert chosen == {uid for uid, d in expected.items() if d is decision}, decision
+            assert chosen, f"the sample covers {decision}"

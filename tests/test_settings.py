@@ -7,8 +7,15 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from lifecycle.settings import DeletionPlanSettings, ReferenceRule, SettingsError, get_settings
+from lifecycle.settings import (
+    DeletionPlanSettings,
+    ReferenceRule,
+    Settings,
+    SettingsError,
+    get_settings,
+)
 
 #: A value that must never appear in an error message.
 SECRET = "hunter2-Sup3rSecret-value"
@@ -273,3 +280,95 @@ def test_every_problem_is_reported(env: pytest.MonkeyPatch) -> None:
     )
     for name in ("LIFECYCLE_STORAGE_URL", "LIFECYCLE_APP_URL", "LIFECYCLE_SMTP_PORT"):
         assert name in message
+
+
+# --- strict values: no coercion, no unknown keys, nothing checked late --------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("LIFECYCLE_INACTIVE_ACCOUNTS", '{"claim_group": true}'),
+        ("LIFECYCLE_INACTIVE_ACCOUNTS", '{"claim_group": 20.5}'),
+        ("LIFECYCLE_LEASE_SECONDS", "900.5"),
+        ("LIFECYCLE_LEASE_SECONDS", "true"),
+        ("LIFECYCLE_SMTP_PORT", "587.0.1"),
+        ("LIFECYCLE_MAIL_RATE_PER_SECOND", "fast"),
+    ],
+)
+def test_numbers_refuse_booleans_and_fractions(
+    env: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    assert variable in _error(env, **{variable: value})
+
+
+@pytest.mark.parametrize(
+    "field", ["lease_seconds", "smtp_port", "mail_rate_per_second", "smtp_timeout_seconds"]
+)
+def test_numbers_refuse_booleans_when_built_directly(field: str) -> None:
+    with pytest.raises(ValidationError, match="not true/false"):
+        Settings.model_validate({field: True})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "unknown"),
+    [
+        ("LIFECYCLE_DELETION_PLAN", '{"storage_prefx": "u/{user_id}/"}', "STORAGE_PREFX"),
+        (
+            "LIFECYCLE_DELETION_PLAN",
+            '{"references": [{"table": "t", "column": "c", "action": "delete", "on": "x"}]}',
+            "ON",
+        ),
+        ("LIFECYCLE_INACTIVE_ACCOUNTS", '{"claim_groups": 5}', "CLAIM_GROUPS"),
+    ],
+)
+def test_unknown_keys_in_groups_are_refused(
+    env: pytest.MonkeyPatch, variable: str, value: str, unknown: str
+) -> None:
+    message = _error(env, **{variable: value})
+    assert unknown in message and "Extra inputs are not permitted" in message
+
+
+def test_misspelt_variable_is_refused_with_a_suggestion(env: pytest.MonkeyPatch) -> None:
+    message = _error(env, LIFECYCLE_MAIL_BACKNED="ses")
+    assert "LIFECYCLE_MAIL_BACKNED: not a lifecycle setting" in message
+    assert "did you mean LIFECYCLE_MAIL_BACKEND?" in message
+
+
+def test_test_and_benchmark_variables_are_not_settings(env: pytest.MonkeyPatch) -> None:
+    env.setenv("LIFECYCLE_TEST_POSTGRES_URL", "postgresql://x@y/z")
+    env.setenv("LIFECYCLE_BENCH_POSTGRES_URL", "postgresql://x@y/z")
+    assert get_settings().mail_backend == "outbox"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("LIFECYCLE_SES_ENDPOINT_URL", "localhost:4566"),
+        ("LIFECYCLE_S3_ENDPOINT_URL", "ftp://minio.internal"),
+        ("LIFECYCLE_S3_ENDPOINT_URL", f"http://key:{SECRET}@minio.internal"),
+        ("LIFECYCLE_AWS_REGION", "us_east_1"),
+        ("LIFECYCLE_AWS_REGION", "Frankfurt"),
+        ("LIFECYCLE_STORAGE_URL", "s3://bucket/prefix?versionId=1"),
+        ("LIFECYCLE_STORAGE_URL", "file:///srv/files#top"),
+        ("LIFECYCLE_PRODUCT_NAME", "Acme\r\nBcc: everyone@example.com"),
+        ("LIFECYCLE_MAIL_FROM", "Acme\r\nBcc: x@example.com <no-reply@acme.com>"),
+        ("LIFECYCLE_MAIL_FROM", "Acme"),
+        ("LIFECYCLE_MAIL_FROM", "a@acme.com, b@acme.com"),
+        ("LIFECYCLE_APP_URL", "https://app.example.com/\r\nX: y"),
+    ],
+)
+def test_values_are_checked_when_settings_load(
+    env: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    message = _error(env, **{variable: value})
+    assert variable in message and SECRET not in message
+
+
+@pytest.mark.parametrize("variable", ["LIFECYCLE_DATA_DIR", "LIFECYCLE_OUTBOX_DIR"])
+def test_folders_that_are_files_are_refused(
+    env: pytest.MonkeyPatch, tmp_path: Path, variable: str
+) -> None:
+    file = tmp_path / "not-a-folder"
+    file.write_text("x")
+    assert f"{variable}: Value error, {file} is a file" in _error(env, **{variable: str(file)})

@@ -51,11 +51,22 @@ class Clients:
 
     @cached_property
     def storage(self) -> ObjectStorage:
+        if self.settings.storage_url is None:  # the embedded default: ours to create
+            (self.settings.data_dir / "storage").mkdir(parents=True, exist_ok=True)
         return open_storage(
             self.settings.resolved_storage_url,
             endpoint_url=self.settings.s3_endpoint_url,
             region=self.settings.aws_region,
         )
+
+    def check_storage(self) -> None:
+        """Refuse, before any work, a store that is missing or out of reach."""
+        try:
+            self.storage.check()
+        except ConfigError as exc:
+            raise ConfigError(
+                f"LIFECYCLE_STORAGE_URL={self.settings.resolved_storage_url}: {exc}"
+            ) from None
 
     @cached_property
     def mailer(self) -> Mailer:

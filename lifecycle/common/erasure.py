@@ -1,9 +1,11 @@
 """Ordered erasure of user accounts, with a receipt for each.
 
-For each claimed user, in this order: their folder in object storage; then, in one
-transaction, the rows that reference them (per the deletion plan), their user row (only while
-our claim still holds it) and a receipt without personal data. A crash in between leaves the
-user marked as started (``deletion_started_at``) and the next run finishes the erasure.
+For each claimed user, in this order: what their folder in object storage holds is counted
+and kept on their row (once: a resumed erasure keeps the first count); the folder is deleted,
+every version of every object; then, in one transaction, the rows that reference them (per the
+deletion plan), their user row (only while our claim still holds it) and a receipt without
+personal data that says what was removed. A crash in between leaves the user marked as started
+(``deletion_started_at``) and the next run finishes the erasure.
 
 The deletion plan comes from settings and is checked against the live schema: table and column
 names are only ever used to look up reflected ``sqlalchemy.Table`` objects, never pasted into SQL.
@@ -15,15 +17,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
-from lifecycle.clients.storage import ObjectStorage
+from lifecycle.clients.storage import Inventory, ObjectStorage
 from lifecycle.common import claims
-from lifecycle.common.batch import BatchReport
-from lifecycle.common.claims import Lease
+from lifecycle.common.batch import BatchReport, Breaker
+from lifecycle.common.claims import Claim, Lease
 from lifecycle.db.schema import deletion_receipts, users
 from lifecycle.errors import ConfigError
 from lifecycle.settings import DeletionPlanSettings
@@ -91,6 +93,7 @@ def resolve_plan(engine: sa.Engine, settings: DeletionPlanSettings) -> DeletionP
                 f"deletion plan names column {rule.table}.{rule.column}, which does not exist"
             )
         column = table.c[rule.column]
+        _check_points_at_users(inspector, rule.table, column)
         if rule.action == "set_null" and not column.nullable:
             raise DeletionPlanError(
                 f"{rule.table}.{rule.column} is NOT NULL: use action 'delete', not 'set_null'"
@@ -111,20 +114,60 @@ def resolve_plan(engine: sa.Engine, settings: DeletionPlanSettings) -> DeletionP
     return DeletionPlan(settings=settings, references=tuple(references))
 
 
+def keep_inventory(
+    conn: sa.Connection, inventories: dict[str, Inventory], *, claim_id: str
+) -> None:
+    """Record what each user's folder holds, unless an earlier attempt already did."""
+    columns = users.c
+    conn.execute(
+        sa.update(users)
+        .where(
+            columns.id == sa.bindparam("user_id"),
+            columns.deletion_objects.is_(None),
+            ACCOUNT_DELETION.held_by(claim_id),
+        )
+        .values(
+            deletion_objects=sa.bindparam("objects"), deletion_versions=sa.bindparam("versions")
+        )
+        .execution_options(synchronize_session=False),
+        [
+            {"user_id": user_id, "objects": item.objects, "versions": item.versions}
+            for user_id, item in inventories.items()
+        ],
+    )
+
+
+def _check_points_at_users(inspector: sa.Inspector, table: str, column: sa.Column[Any]) -> None:
+    """A reference must hold user ids: a string column, and a foreign key (if any) to users.id."""
+    if not isinstance(column.type, sa.String):
+        raise DeletionPlanError(
+            f"{table}.{column.name} is {column.type}, but user ids are strings "
+            f"({users.c.id.type}); fix LIFECYCLE_DELETION_PLAN__REFERENCES"
+        )
+    for fk in inspector.get_foreign_keys(table):
+        if column.name in fk["constrained_columns"] and (
+            fk["referred_table"] != "users" or fk["referred_columns"] != ["id"]
+        ):
+            target = f"{fk['referred_table']}.{','.join(fk['referred_columns'])}"
+            raise DeletionPlanError(
+                f"{table}.{column.name} points at {target}, not at users.id; "
+                "fix LIFECYCLE_DELETION_PLAN__REFERENCES"
+            )
+
+
 def remove_rows(
     conn: sa.Connection,
     plan: DeletionPlan,
-    objects_deleted: dict[str, int],
+    ids: list[str],
     *,
     claim_id: str,
     subjects: dict[str, str],
     reason: str,
     flow_run_id: str | None,
     now: datetime,
-) -> list[str]:
-    """Referencing rows, then the users we still hold, then one receipt each; returns the ids
-    of the users removed. Run it in one transaction."""
-    ids = list(objects_deleted)
+) -> list[Receipt]:
+    """Referencing rows, then the users we still hold, then one receipt each; returns the
+    receipts. Run it in one transaction."""
     per_user: dict[str, Counter[str]] = {user_id: Counter() for user_id in ids}
     for ref in plan.references:
         counts = conn.execute(
@@ -133,30 +176,53 @@ def remove_rows(
         for user_id, count in counts:
             per_user[user_id][ref.label] = count
         conn.execute(ref.statement(ids))
-    removed = [
-        row[0]
-        for row in conn.execute(
-            sa.delete(users)
-            .where(users.c.id.in_(ids), ACCOUNT_DELETION.held_by(claim_id))
-            .returning(users.c.id)
+    columns = users.c
+    removed = conn.execute(
+        sa.delete(users)
+        .where(columns.id.in_(ids), ACCOUNT_DELETION.held_by(claim_id))
+        .returning(
+            columns.id,
+            columns.deletion_started_at,
+            columns.deletion_objects,
+            columns.deletion_versions,
         )
+    ).all()
+    receipts = [
+        Receipt(
+            user_id=user_id,
+            subject_hash=subjects[user_id],
+            reason=reason,
+            flow_run_id=flow_run_id,
+            started_at=started_at,
+            deleted_at=now,
+            objects_deleted=objects or 0,
+            versions_deleted=versions or 0,
+            rows_removed=dict(per_user[user_id]),
+        )
+        for user_id, started_at, objects, versions in removed
     ]
-    if removed:
-        conn.execute(
-            sa.insert(deletion_receipts),
-            [
-                {
-                    "subject_hash": subjects[user_id],
-                    "reason": reason,
-                    "flow_run_id": flow_run_id,
-                    "deleted_at": now,
-                    "objects_deleted": objects_deleted[user_id],
-                    "rows_removed": dict(per_user[user_id]),
-                }
-                for user_id in removed
-            ],
-        )
-    return removed
+    if receipts:
+        conn.execute(sa.insert(deletion_receipts), [receipt.row() for receipt in receipts])
+    return receipts
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Proof of one deletion, without personal data (the user id stays with us)."""
+
+    user_id: str
+    subject_hash: str
+    reason: str
+    flow_run_id: str | None
+    started_at: datetime
+    deleted_at: datetime
+    objects_deleted: int
+    versions_deleted: int
+    rows_removed: dict[str, int]
+
+    def row(self) -> dict[str, object]:
+        """The receipt as stored: everything but the user id."""
+        return {key: value for key, value in vars(self).items() if key != "user_id"}
 
 
 @dataclass(frozen=True)
@@ -169,23 +235,51 @@ class Erasure:
     reason: str  # why, in the receipt: "inactive_account", ...
     subject: Callable[[str], str]  # user id -> pseudonym
     clock: Callable[[], datetime]
+    breaker: Breaker
     flow_run_id: str | None = None
 
     def erase(self, user_ids: list[str], *, claim_id: str, report: BatchReport) -> None:
-        """Files first, then rows; a user whose files could not go keeps their rows and is
-        released, so the next run finishes them at once."""
-        cleaned: dict[str, int] = {}
+        """Count, then files, then rows; a user whose files could not go keeps their rows and
+        is released, so the next run finishes them at once."""
         failed: list[str] = []
+        inventories: dict[str, Inventory] = {}
         for user_id in user_ids:
             try:
-                cleaned[user_id] = self.storage.delete_prefix(self.plan.prefix_for(user_id))
+                inventories[user_id] = self.storage.inventory(self.plan.prefix_for(user_id))
             except Exception as exc:
                 failed.append(user_id)
                 report.fail(self.subject(user_id), "storage", exc)
+                self.breaker.failure(exc)
+        if inventories:
+            with self.engine.begin() as conn:
+                keep_inventory(conn, inventories, claim_id=claim_id)
+        cleaned: list[str] = []
+        for user_id in inventories:
+            try:
+                self.storage.delete_prefix(self.plan.prefix_for(user_id))
+                cleaned.append(user_id)
+                self.breaker.success()
+            except Exception as exc:
+                failed.append(user_id)
+                report.fail(self.subject(user_id), "storage", exc)
+                self.breaker.failure(exc)
         self._remove(cleaned, claim_id, report)
         self._release(failed, claim_id)
 
-    def _remove(self, cleaned: dict[str, int], claim_id: str, report: BatchReport) -> None:
+    def give_back(self, user_ids: list[str], claim: Claim) -> None:
+        """After an interrupted :meth:`erase`: users whose storage was not touched yet (no
+        count kept) and whose erasure this claim started go back to how they were; the others
+        stay started, for the next run to finish."""
+        held = sa.and_(users.c.id.in_(user_ids), ACCOUNT_DELETION.held_by(claim.id))
+        untouched = sa.and_(
+            users.c.deletion_objects.is_(None),
+            users.c.deletion_started_at == claims.at(users.c.deletion_started_at, claim.at),
+        )
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(users).where(held, untouched).values(deletion_started_at=None))
+            claims.release(conn, ACCOUNT_DELETION, user_ids, claim_id=claim.id)
+
+    def _remove(self, cleaned: list[str], claim_id: str, report: BatchReport) -> None:
         """Remove the rows of users whose files are gone: all at once, or one by one on error."""
         if not cleaned:
             return
@@ -194,18 +288,18 @@ class Erasure:
             return
         except Exception as exc:
             if len(cleaned) == 1:
-                self._row_failure(next(iter(cleaned)), exc, claim_id, report)
+                self._row_failure(cleaned[0], exc, claim_id, report)
                 return
-        for user_id, objects in cleaned.items():  # isolate the users that fail
+        for user_id in cleaned:  # isolate the users that fail
             try:
-                self._remove_group({user_id: objects}, claim_id, report)
+                self._remove_group([user_id], claim_id, report)
             except Exception as exc:
                 self._row_failure(user_id, exc, claim_id, report)
 
-    def _remove_group(self, group: dict[str, int], claim_id: str, report: BatchReport) -> None:
+    def _remove_group(self, group: list[str], claim_id: str, report: BatchReport) -> None:
         subjects = {user_id: self.subject(user_id) for user_id in group}
         with self.engine.begin() as conn:
-            removed = remove_rows(
+            receipts = remove_rows(
                 conn,
                 self.plan,
                 group,
@@ -215,10 +309,11 @@ class Erasure:
                 flow_run_id=self.flow_run_id,
                 now=self.clock(),
             )
-        for user_id in removed:
-            report.record("deleted", subjects[user_id])
-            report.totals["objects_deleted"] += group[user_id]
-        report.counts["skipped"] += len(group) - len(removed)
+        for receipt in receipts:
+            report.record("deleted", receipt.subject_hash)
+            report.totals["objects_deleted"] += receipt.objects_deleted
+            report.totals["object_versions_deleted"] += receipt.versions_deleted
+        report.counts["skipped"] += len(group) - len(receipts)
 
     def _row_failure(
         self, user_id: str, exc: Exception, claim_id: str, report: BatchReport

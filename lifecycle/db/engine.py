@@ -9,18 +9,54 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from lifecycle.errors import DependencyDown
+
+VARIABLE = "LIFECYCLE_DATABASE_URL"
+
 
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> sa.Engine:
     """An engine with sane pooling; SQLite gets foreign keys, WAL and a busy timeout."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if make_url(url).get_backend_name() == "sqlite":
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite database URL (None for other databases and in-memory SQLite)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def describe(url: str) -> str:
+    """The URL as it may appear in messages: the password masked."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def check_reachable(engine: sa.Engine) -> None:
+    """Connect once; a database that does not answer is named, with the password masked."""
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0][:200]
+        raise DependencyDown(
+            f"the database {describe(str(engine.url))} ({VARIABLE})", reason
+        ) from None
+
+
+def relax_commit(conn: sa.Connection) -> None:
+    """Let this transaction's COMMIT return before its WAL record reaches the disk.
+
+    For bookkeeping whose loss in a database crash (not a worker crash: the commit is visible
+    at once) costs a repeated mail, never a wrong deletion; it saves a disk flush per mail.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -63,6 +63,11 @@ users = sa.Table(
     sa.Column("deletion_started_at", UTCDateTime()),
     sa.Column("deletion_claim_id", sa.String(36)),
     sa.Column("deletion_lease_until", UTCDateTime()),
+    # A warning the mail backend refused for good: not notice (see settings: undeliverable).
+    sa.Column("warning_undeliverable_at", UTCDateTime()),
+    # What the user's folder held when their erasure started: the receipt's counts.
+    sa.Column("deletion_objects", sa.Integer()),
+    sa.Column("deletion_versions", sa.Integer()),
     # Activation mail process.
     sa.Column("activation_status", sa.String(16), nullable=False, server_default="NONE"),
     sa.Column("activation_token", sa.String(64)),
@@ -120,5 +125,13 @@ deletion_receipts = sa.Table(
     sa.Column("deleted_at", UTCDateTime(), nullable=False),
     sa.Column("objects_deleted", sa.Integer(), nullable=False),
     sa.Column("rows_removed", sa.JSON(), nullable=False),
-    sa.UniqueConstraint("subject_hash", "reason", name="uq_deletion_receipts_subject"),
+    sa.Column("started_at", UTCDateTime()),  # with subject_hash: which deletion this proves
+    sa.Column("versions_deleted", sa.Integer()),
+)
+# One receipt per deletion: a user id used again after a deletion gets a receipt of its own.
+sa.Index(
+    "uq_deletion_receipts_deletion",
+    deletion_receipts.c.subject_hash,
+    deletion_receipts.c.started_at,
+    unique=True,
 )

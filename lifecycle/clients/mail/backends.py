@@ -1,7 +1,8 @@
 """Mail delivery backends: a local outbox directory, SMTP, and Amazon SES (v2).
 
-Each backend sends one :class:`OutgoingMail` and returns a message id, or raises
-:class:`TransientMailError` (worth retrying later) or :class:`PermanentMailError` (don't).
+Each backend sends one :class:`OutgoingMail` and returns a message id, or raises a
+:mod:`~lifecycle.clients.mail.errors` kind: transient (worth retrying later), undeliverable
+(this recipient is refused for good) or permanent (the configuration is refused).
 No error raised here names the recipient or a credential: messages are built from status
 codes, and server-provided text is scrubbed and run through :func:`lifecycle.privacy.redact`.
 """
@@ -25,8 +26,13 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from pydantic import SecretStr
 
+from lifecycle.clients.mail.errors import (
+    MailError,
+    PermanentMailError,
+    TransientMailError,
+    Undeliverable,
+)
 from lifecycle.clients.mail.message import OutgoingMail, build_message
-from lifecycle.errors import LifecycleError, PermanentError, TransientError
 from lifecycle.privacy import mask_email, redact
 
 if TYPE_CHECKING:
@@ -47,18 +53,6 @@ _SES_TRANSIENT_CODES = frozenset(
         "RequestTimeout",
     }
 )
-
-
-class MailError(LifecycleError):
-    """Sending failed; the message never names the recipient."""
-
-
-class TransientMailError(MailError, TransientError):
-    """Worth retrying later: throttling, connection trouble, SMTP 4xx."""
-
-
-class PermanentMailError(MailError, PermanentError):
-    """Retrying won't help: rejected address or content, SMTP 5xx, SES MessageRejected."""
 
 
 class Mailer(Protocol):
@@ -82,7 +76,7 @@ class OutboxMailer:
         self._ready = False
 
     def send(self, mail: OutgoingMail) -> str:
-        message = build_message(mail, sender=self._sender)
+        message = build_message(mail, sender=self._sender, smtputf8=True)
         if not self._ready:
             self._directory.mkdir(parents=True, exist_ok=True)
             self._ready = True
@@ -135,9 +129,12 @@ class SmtpMailer:
         self._last_used = 0.0
 
     def send(self, mail: OutgoingMail) -> str:
-        message = build_message(mail, sender=self._sender)
         try:
-            self._connection().send_message(message)
+            connection = self._connection()
+            message = build_message(
+                mail, sender=self._sender, smtputf8=connection.has_extn("smtputf8")
+            )
+            connection.send_message(message)
         except _MESSAGE_REFUSED as exc:  # smtplib reset the transaction: the connection is fine
             raise self._error(exc, mail.to) from None
         except OSError as exc:  # smtplib.SMTPException is an OSError too
@@ -188,9 +185,15 @@ class SmtpMailer:
         secrets = (recipient, self._username or "")
         if isinstance(exc, smtplib.SMTPRecipientsRefused):
             code, reply = next(iter(exc.recipients.values()), (0, b""))
-            return _smtp_reply_error("recipient refused", code, reply, secrets)
-        if isinstance(exc, smtplib.SMTPResponseException):
-            return _smtp_reply_error(type(exc).__name__, exc.smtp_code, exc.smtp_error, secrets)
+            return _smtp_reply_error("recipient refused", code, reply, secrets, Undeliverable)
+        if isinstance(exc, smtplib.SMTPDataError):  # this message, to this recipient
+            return _smtp_reply_error(
+                type(exc).__name__, exc.smtp_code, exc.smtp_error, secrets, Undeliverable
+            )
+        if isinstance(exc, smtplib.SMTPResponseException):  # the sender, the login, ...
+            return _smtp_reply_error(
+                type(exc).__name__, exc.smtp_code, exc.smtp_error, secrets, PermanentMailError
+            )
         if isinstance(exc, smtplib.SMTPServerDisconnected):
             return TransientMailError("SMTP server disconnected")
         if isinstance(exc, smtplib.SMTPException):  # e.g. STARTTLS or AUTH not supported
@@ -212,10 +215,15 @@ def _answers_noop(smtp: smtplib.SMTP) -> bool:
 
 
 def _smtp_reply_error(
-    what: str, code: int, reply: bytes | str, secrets: tuple[str, ...]
+    what: str,
+    code: int,
+    reply: bytes | str,
+    secrets: tuple[str, ...],
+    permanent: type[PermanentMailError],
 ) -> MailError:
+    """A 5xx reply is ``permanent``; anything else may work later."""
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
-    kind = PermanentMailError if 500 <= code < 600 else TransientMailError
+    kind = permanent if 500 <= code < 600 else TransientMailError
     return kind(f"SMTP {what}: {code} {_scrub(text, secrets)}")
 
 
@@ -230,7 +238,7 @@ class SesMailer:
         self._configuration_set = configuration_set
 
     def send(self, mail: OutgoingMail) -> str:
-        message = build_message(mail, sender=self._sender)
+        message = build_message(mail, sender=self._sender, smtputf8=False)  # SES: no SMTPUTF8
         # Without Destination, SES delivers to the message's own To header.
         request: SendEmailRequestTypeDef = {
             "FromEmailAddress": self._sender,
@@ -255,7 +263,13 @@ def _ses_error(exc: ClientError, recipient: str) -> MailError:
     code = error.get("Code", "Unknown")
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     transient = code in _SES_TRANSIENT_CODES or status == 429 or status >= 500
-    kind = TransientMailError if transient else PermanentMailError
+    kind: type[MailError] = (
+        TransientMailError
+        if transient
+        else Undeliverable
+        if code == "MessageRejected"
+        else PermanentMailError
+    )
     return kind(f"SES {code} (HTTP {status}): {_scrub(error.get('Message', ''), (recipient,))}")
 
 

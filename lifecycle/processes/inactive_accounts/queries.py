@@ -52,10 +52,20 @@ def exempt(as_of: datetime) -> ColumnElement[bool]:
     )
 
 
+def since_last_visit(moment: sa.Column[datetime]) -> ColumnElement[bool]:
+    return sa.and_(moment.is_not(None), columns.last_visit_at < moment)
+
+
 def warning_pending() -> ColumnElement[bool]:
+    return since_last_visit(columns.deletion_warning_sent_at)
+
+
+def undeliverable(as_of: datetime) -> ColumnElement[bool]:
+    """The last warning could not be delivered, and the user has not visited since."""
     return sa.and_(
-        columns.deletion_warning_sent_at.is_not(None),
-        columns.last_visit_at < columns.deletion_warning_sent_at,
+        sa.not_(warning_pending()),
+        since_last_visit(columns.warning_undeliverable_at),
+        sa.not_(exempt(as_of)),
     )
 
 
@@ -63,6 +73,7 @@ def due_for_warning(as_of: datetime, policy: Policy) -> ColumnElement[bool]:
     return sa.and_(
         columns.last_visit_at < as_of - policy.warn_after,
         sa.not_(warning_pending()),
+        sa.not_(since_last_visit(columns.warning_undeliverable_at)),
         sa.not_(exempt(as_of)),
         columns.deletion_started_at.is_(None),
     )
@@ -117,6 +128,7 @@ class DueCounts:
     warn: int
     delete: int
     unfinished: int
+    undeliverable: int  # warned in vain, waiting (see settings: undeliverable)
 
 
 def count_due(conn: sa.Connection, *, as_of: datetime, policy: Policy, now: datetime) -> DueCounts:
@@ -129,6 +141,7 @@ def count_due(conn: sa.Connection, *, as_of: datetime, policy: Policy, now: date
         warn=count(due_for_warning(as_of, policy)),
         delete=count(due_for_deletion(as_of, policy)),
         unfinished=count(unfinished_deletion(now)),
+        undeliverable=count(undeliverable(as_of)),
     )
 
 
@@ -147,25 +160,37 @@ def claim_warnings(
     return [Recipient(id=row[0], email=row[1], name=row[2]) for row in rows]
 
 
+def _unless_visited(
+    column: sa.Column[datetime], moment: datetime, claim: Claim
+) -> ColumnElement[datetime]:
+    """``moment`` for users who did not visit since the claim; the column's value otherwise."""
+    return sa.case(
+        (columns.last_visit_at < at(columns.last_visit_at, claim.at), at(column, moment)),
+        else_=column,
+    )
+
+
 def confirm_warnings(
     conn: sa.Connection, ids: list[str], *, claim: Claim, sent_at: datetime
 ) -> None:
     """Record the warnings we sent and drop the lease; a visit since the claim cancels it."""
-    claims.release(
-        conn,
-        WARNING,
-        ids,
-        claim_id=claim.id,
-        values={
-            "deletion_warning_sent_at": sa.case(
-                (
-                    columns.last_visit_at < at(columns.last_visit_at, claim.at),
-                    at(columns.deletion_warning_sent_at, sent_at),
-                ),
-                else_=columns.deletion_warning_sent_at,
-            )
-        },
-    )
+    sent = _unless_visited(columns.deletion_warning_sent_at, sent_at, claim)
+    claims.release(conn, WARNING, ids, claim_id=claim.id, values={"deletion_warning_sent_at": sent})
+
+
+def mark_undeliverable(
+    conn: sa.Connection, ids: list[str], *, claim: Claim, now: datetime, as_notice: bool
+) -> None:
+    """Record that the warning could not be delivered, and drop the lease. With
+    ``as_notice`` the attempt also counts as the warning the grace period runs from."""
+    values = {
+        "warning_undeliverable_at": _unless_visited(columns.warning_undeliverable_at, now, claim)
+    }
+    if as_notice:
+        values["deletion_warning_sent_at"] = _unless_visited(
+            columns.deletion_warning_sent_at, now, claim
+        )
+    claims.release(conn, WARNING, ids, claim_id=claim.id, values=values)
 
 
 def release_warnings(conn: sa.Connection, ids: list[str], *, claim_id: str) -> None:

@@ -19,6 +19,7 @@ class Decision(StrEnum):
     ACTIVE = "active"  # visited recently enough: nothing to do
     WARN = "warn"  # inactive past the warning threshold, no warning pending
     WAIT = "wait"  # warned, grace period still running
+    UNDELIVERABLE = "undeliverable"  # the warning could not be delivered: no notice, no deletion
     DELETE = "delete"  # warned, grace period over, no visit since
 
 
@@ -46,6 +47,7 @@ class Account:
 
     last_visit_at: datetime
     deletion_warning_sent_at: datetime | None = None
+    warning_undeliverable_at: datetime | None = None
     free_trial_ends_at: datetime | None = None
     lifetime_deal: bool = False
     subscription_status: str = "none"
@@ -63,10 +65,15 @@ def is_exempt(account: Account, as_of: datetime) -> bool:
     return account.subscription_ends_at is not None and account.subscription_ends_at > as_of
 
 
+def since_last_visit(account: Account, moment: datetime | None) -> bool:
+    """Whether ``moment`` (a warning, a failed one) happened after the last visit: a visit
+    cancels what came before it."""
+    return moment is not None and account.last_visit_at < moment
+
+
 def warning_pending(account: Account) -> bool:
-    """A warning counts until the user visits again (a visit cancels it)."""
-    sent = account.deletion_warning_sent_at
-    return sent is not None and account.last_visit_at < sent
+    """A warning counts until the user visits again."""
+    return since_last_visit(account, account.deletion_warning_sent_at)
 
 
 def decide(account: Account, as_of: datetime, policy: Policy = Policy()) -> Decision:
@@ -81,6 +88,8 @@ def decide(account: Account, as_of: datetime, policy: Policy = Policy()) -> Deci
         grace_over = sent <= as_of - policy.grace
         long_inactive = account.last_visit_at <= as_of - policy.delete_after
         return Decision.DELETE if grace_over and long_inactive else Decision.WAIT
+    if since_last_visit(account, account.warning_undeliverable_at):
+        return Decision.UNDELIVERABLE
     if account.last_visit_at < as_of - policy.warn_after:
         return Decision.WARN
     return Decision.ACTIVE

@@ -12,27 +12,25 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel, model_validator
 
+from lifecycle.clients.mail.errors import Undeliverable
 from lifecycle.clients.mail.message import OutgoingMail
 from lifecycle.clients.storage import ObjectStorage
-from lifecycle.common.batch import BatchReport, RunSummary
+from lifecycle.common.batch import BatchReport, Breaker, RunSummary
 from lifecycle.common.claims import Claim
 from lifecycle.common.erasure import DeletionPlan, Erasure
 from lifecycle.common.paging import Cursor, next_cursor
-from lifecycle.errors import ConfigError
+from lifecycle.db.engine import relax_commit
+from lifecycle.errors import ConfigError, DependencyDown, PermanentError
 from lifecycle.privacy import pseudonym
 from lifecycle.processes.inactive_accounts import queries
-from lifecycle.processes.inactive_accounts.queries import DeletionQueue, Recipient
+from lifecycle.processes.inactive_accounts.queries import DeletionQueue, DueCounts, Recipient
 from lifecycle.processes.inactive_accounts.rules import Policy
 from lifecycle.processes.inactive_accounts.warning_mail import WarningContext, inactivity_warning
-
-#: Confirm sent warnings in groups this large, so a crash re-sends at most this many.
-CONFIRM_EVERY = 50
-#: Stop sending from a claim this long before its lease runs out.
-LEASE_MARGIN = timedelta(seconds=60)
 
 Send = Callable[[OutgoingMail], str]
 
@@ -63,6 +61,14 @@ class SweepParams(BaseModel):
         )
 
 
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a run found before starting: who is due, and whether deletions are paused."""
+
+    due: DueCounts
+    deletions_paused: bool
+
+
 class SweepSummary(RunSummary):
     """What one inactive-accounts run did."""
 
@@ -81,12 +87,13 @@ class SweepContext:
     pseudonym_key: bytes | None = None
     flow_run_id: str | None = None
     claim_group: int = 20
+    undeliverable: Literal["keep", "delete"] = "keep"
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def subject(self, user_id: str) -> str:
         return pseudonym(user_id, self.pseudonym_key)
 
-    def erasure(self, storage: ObjectStorage, plan: DeletionPlan) -> Erasure:
+    def erasure(self, storage: ObjectStorage, plan: DeletionPlan, breaker: Breaker) -> Erasure:
         return Erasure(
             engine=self.engine,
             storage=storage,
@@ -94,6 +101,7 @@ class SweepContext:
             reason="inactive_account",
             subject=self.subject,
             clock=self.clock,
+            breaker=breaker,
             flow_run_id=self.flow_run_id,
         )
 
@@ -103,10 +111,15 @@ def warn_batch(
     *,
     send: Send,
     mail_context: WarningContext,
+    breaker: Breaker,
     after: Cursor | None,
     limit: int,
 ) -> BatchReport:
-    """Warn one page of users due a warning; each is mailed at most once per inactivity."""
+    """Warn one page of users due a warning; each is mailed at most once per inactivity.
+
+    Users are claimed ``claim_group`` at a time, right before their mails, so the lease covers
+    the sends it protects and a visit stops a warning until a few mails before.
+    """
     with ctx.engine.connect() as conn:
         page = queries.warning_page(
             conn, as_of=ctx.as_of, policy=ctx.policy, after=after, limit=limit
@@ -114,58 +127,94 @@ def warn_batch(
     report = BatchReport(last=next_cursor(page, limit))
     if ctx.dry_run:
         report.counts["would_warn"] += len(page)
-    elif page:
+        return report
+    ids = [c.id for c in page]
+    for start in range(0, len(ids), ctx.claim_group):
+        group = ids[start : start + ctx.claim_group]
         claim = Claim.new(ctx.clock(), ctx.lease)
         with ctx.engine.begin() as conn:
             recipients = queries.claim_warnings(
-                conn, [c.id for c in page], as_of=ctx.as_of, policy=ctx.policy, claim=claim
+                conn, group, as_of=ctx.as_of, policy=ctx.policy, claim=claim
             )
-        report.counts["skipped"] += len(page) - len(recipients)
-        _send_warnings(ctx, recipients, send, mail_context, claim, report)
+        report.counts["skipped"] += len(group) - len(recipients)
+        warner = _Warner(ctx, send, mail_context, breaker, claim, report)
+        warner.warn(recipients)
     return report
 
 
-def _send_warnings(
-    ctx: SweepContext,
-    recipients: list[Recipient],
-    send: Send,
-    mail_context: WarningContext,
-    claim: Claim,
-    report: BatchReport,
-) -> None:
-    """Mail the claimed users while the lease lasts, confirming as we go; release the rest."""
-    send_until = claim.at + claim.lease - LEASE_MARGIN
-    sent: list[str] = []
-    unsent: list[str] = []
-    try:
-        for recipient in recipients:
-            if ctx.clock() >= send_until:
-                unsent.append(recipient.id)
-                report.counts["deferred"] += 1
-                continue
-            mail = inactivity_warning(to=recipient.email, name=recipient.name, context=mail_context)
-            try:
-                send(mail)
-            except Exception as exc:  # one user's failure never stops the batch
-                unsent.append(recipient.id)
-                report.fail(ctx.subject(recipient.id), "warn", exc)
-                continue
-            sent.append(recipient.id)
-            report.record("warned", ctx.subject(recipient.id))
-            if len(sent) >= CONFIRM_EVERY:
-                _confirm(ctx, sent, claim)
-                sent = []
-    finally:
-        _confirm(ctx, sent, claim)
-        if unsent:
-            with ctx.engine.begin() as conn:
-                queries.release_warnings(conn, unsent, claim_id=claim.id)
+def lease_margin(lease: timedelta) -> timedelta:
+    """How long before its lease ends a claim stops sending: a quarter of it, at most 60 s."""
+    return min(timedelta(seconds=60), lease / 4)
 
 
-def _confirm(ctx: SweepContext, ids: list[str], claim: Claim) -> None:
-    if ids:
-        with ctx.engine.begin() as conn:
-            queries.confirm_warnings(conn, ids, claim=claim, sent_at=ctx.clock())
+@dataclass
+class _Warner:
+    """Mails the users of one claim, recording each mail as soon as it is accepted, so a crash
+    repeats at most the mail in flight."""
+
+    ctx: SweepContext
+    send: Send
+    mail_context: WarningContext
+    breaker: Breaker
+    claim: Claim
+    report: BatchReport
+
+    def warn(self, recipients: list[Recipient]) -> None:
+        """Mail while the lease lasts; give back the users it no longer covers."""
+        send_until = self.claim.at + self.claim.lease - lease_margin(self.claim.lease)
+        pending = list(recipients)
+        try:
+            while pending and self.ctx.clock() < send_until:
+                self._warn_one(pending.pop(0))
+            self.report.counts["deferred"] += len(pending)
+        finally:
+            self._release([r.id for r in pending])
+
+    def _warn_one(self, recipient: Recipient) -> None:
+        subject = self.ctx.subject(recipient.id)
+        mail = inactivity_warning(
+            to=recipient.email,
+            name=recipient.name,
+            context=self.mail_context,
+            sent_at=self.ctx.clock(),
+        )
+        try:
+            self.send(mail)
+        except Undeliverable:
+            self._record_undeliverable(recipient.id)
+            self.report.record("undeliverable", subject)
+            self.breaker.success()  # the backend answered
+            return
+        except PermanentError:  # the backend refuses us, whoever the recipient: stop here
+            self._release([recipient.id])
+            raise
+        except Exception as exc:  # worth trying again later
+            self._release([recipient.id])
+            self.report.fail(subject, "warn", exc)
+            self.breaker.failure(exc)
+            return
+        with self.ctx.engine.begin() as conn:
+            relax_commit(conn)
+            queries.confirm_warnings(
+                conn, [recipient.id], claim=self.claim, sent_at=self.ctx.clock()
+            )
+        self.report.record("warned", subject)
+        self.breaker.success()
+
+    def _record_undeliverable(self, user_id: str) -> None:
+        with self.ctx.engine.begin() as conn:
+            queries.mark_undeliverable(
+                conn,
+                [user_id],
+                claim=self.claim,
+                now=self.ctx.clock(),
+                as_notice=self.ctx.undeliverable == "delete",
+            )
+
+    def _release(self, ids: list[str]) -> None:
+        if ids:
+            with self.ctx.engine.begin() as conn:
+                queries.release_warnings(conn, ids, claim_id=self.claim.id)
 
 
 def delete_batch(
@@ -174,6 +223,7 @@ def delete_batch(
     queue: DeletionQueue,
     storage: ObjectStorage,
     plan: DeletionPlan,
+    breaker: Breaker,
     after: Cursor | None,
     limit: int,
     budget: int,
@@ -193,7 +243,7 @@ def delete_batch(
     if ctx.dry_run:
         report.counts["would_delete"] += len(page)
         return report
-    erasure = ctx.erasure(storage, plan)
+    erasure = ctx.erasure(storage, plan, breaker)
     claim_id = str(uuid.uuid4())
     done = 0
     while done < len(page) and budget > 0:
@@ -208,19 +258,20 @@ def _delete_group(
     ctx: SweepContext, erasure: Erasure, ids: list[str], claim_id: str, report: BatchReport
 ) -> int:
     """Claim a few users, then erase them; returns how many were claimed."""
+    claim = Claim(id=claim_id, at=ctx.clock(), lease=ctx.lease)
     try:
         with ctx.engine.begin() as conn:
             claimed = queries.claim_deletions(
-                conn,
-                ids,
-                as_of=ctx.as_of,
-                policy=ctx.policy,
-                claim=Claim(id=claim_id, at=ctx.clock(), lease=ctx.lease),
+                conn, ids, as_of=ctx.as_of, policy=ctx.policy, claim=claim
             )
     except Exception as exc:
         for user_id in ids:
             report.fail(ctx.subject(user_id), "claim", exc)
         return 0
     report.counts["skipped"] += len(ids) - len(claimed)
-    erasure.erase(claimed, claim_id=claim_id, report=report)
+    try:
+        erasure.erase(claimed, claim_id=claim_id, report=report)
+    except DependencyDown:  # storage stopped answering: leave the rest as it was
+        erasure.give_back(claimed, claim)
+        raise
     return len(claimed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 
 from lifecycle.clients.mail.message import MailTemplate, OutgoingMail
@@ -22,7 +23,15 @@ class WarningContext:
     grace_days: int
 
 
-def inactivity_warning(*, to: str, name: str | None, context: WarningContext) -> OutgoingMail:
+def deletion_date(sent_at: datetime, grace_days: int) -> str:
+    """The day (UTC) from which an account warned at ``sent_at`` may be deleted."""
+    day = (sent_at + timedelta(days=grace_days)).astimezone(UTC)
+    return f"{day.day} {day:%B %Y}"
+
+
+def inactivity_warning(
+    *, to: str, name: str | None, context: WarningContext, sent_at: datetime
+) -> OutgoingMail:
     """The warning sent ``grace_days`` before an inactive account is deleted."""
     return _TEMPLATE.render(
         to=to,
@@ -32,5 +41,6 @@ def inactivity_warning(*, to: str, name: str | None, context: WarningContext) ->
             "app_url": context.app_url,
             "inactive_days": str(context.inactive_days),
             "grace_days": str(context.grace_days),
+            "deletion_date": deletion_date(sent_at, context.grace_days),
         },
     )
