@@ -158,6 +158,9 @@ class Settings(BaseSettings):
         None, description="s3://bucket/prefix or file:///path; default: data_dir/storage."
     )
     s3_endpoint_url: str | None = None
+    storage_timeout_seconds: Seconds = Field(
+        10.0, gt=0, le=300, description="How long an S3 request waits for an answer."
+    )
     aws_region: str = "us-east-1"
 
     mail_backend: Literal["outbox", "smtp", "ses"] = "outbox"

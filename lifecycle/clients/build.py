@@ -57,6 +57,7 @@ class Clients:
             self.settings.resolved_storage_url,
             endpoint_url=self.settings.s3_endpoint_url,
             region=self.settings.aws_region,
+            timeout_seconds=self.settings.storage_timeout_seconds,
         )
 
     def check_storage(self) -> None:

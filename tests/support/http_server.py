@@ -58,7 +58,7 @@ class ScriptedHttpServer(ThreadingHTTPServer):
             def do_GET(self) -> None:
                 server._serve(self)
 
-            do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
+            do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -130,6 +130,15 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[str, int]]:
+    """(host, port) of a server that accepts connections and never says a word."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)  # connections complete in the backlog; nothing ever answers
+        yield "127.0.0.1", int(listener.getsockname()[1])
 
 
 @pytest.fixture
