@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import click
 import sqlalchemy as sa
 import typer
 from rich.console import Console
@@ -13,26 +14,34 @@ from lifecycle.clients.build import Clients
 from lifecycle.db.engine import get_engine
 from lifecycle.db.migrate import upgrade
 from lifecycle.db.schema import users
+from lifecycle.errors import LifecycleError
 from lifecycle.processes.inactive_accounts.steps import SweepSummary
 from lifecycle.sample_data import seed as seed_users
-from lifecycle.settings import Settings, SettingsError, get_settings
+from lifecycle.settings import Settings, get_settings
 
 app = typer.Typer(help="Data-lifecycle flows (Prefect).", no_args_is_help=True)
 console = Console()
 
 
-def _settings() -> Settings:
+def main() -> None:
+    """The ``lifecycle`` command: our errors end it with one line saying what to fix."""
     try:
-        return get_settings()
-    except SettingsError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        code = app(standalone_mode=False)
+    except LifecycleError as exc:
+        console.print(f"[red]{type(exc).__name__}: {exc}[/red]", soft_wrap=True)
+        raise SystemExit(2) from None
+    except click.exceptions.Abort:
+        raise SystemExit(1) from None
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (alembic)."""
-    settings = _settings()
+    settings = get_settings()
     upgrade(settings.resolved_database_url)
     console.print("schema is up to date")
 
@@ -40,7 +49,7 @@ def migrate() -> None:
 @app.command()
 def seed() -> None:
     """Insert the sample users if the users table is empty."""
-    settings = _settings()
+    settings = get_settings()
     upgrade(settings.resolved_database_url)
     console.print(_seed_if_empty(settings))
 
@@ -60,7 +69,7 @@ def demo() -> None:
     """Migrate, seed sample users on first run, then run the inactive-accounts flow once."""
     from flows.inactive_accounts import inactive_accounts  # keeps --help fast
 
-    settings = _settings()
+    settings = get_settings()
     upgrade(settings.resolved_database_url)
     console.print(_seed_if_empty(settings))
     state = inactive_accounts(return_state=True)
