@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     pseudonym_key: SecretStr | None = Field(
         None, description="HMAC key for user-id hashes in receipts and events."
     )
+    alert_webhook_url: SecretStr | None = Field(
+        None,
+        description="Where failed runs and alerts are posted (Slack incoming webhook or any "
+        "URL taking JSON); used by deployments/bootstrap.py.",
+    )
     deletions_paused: bool = Field(
         False,
         description="Kill switch: every run skips deletions (and says so); warnings go on.",
@@ -238,6 +243,15 @@ class Settings(BaseSettings):
 
     _check_endpoints = field_validator("s3_endpoint_url", "ses_endpoint_url")(_http_url)
     _check_folders = field_validator("data_dir", "outbox_dir")(_not_a_file)
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_alert_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parts = urlsplit(_one_line(value.get_secret_value(), "a URL"))
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http(s) URL")  # never echo it: it holds a token
+        return value
 
     @field_validator("aws_region")
     @classmethod
