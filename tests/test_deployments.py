@@ -239,6 +239,8 @@ def test_parameters_are_documented(deployment: dict[str, Any], flow: Flow[Any, A
     properties = flow.parameters.properties
     undocumented = sorted(name for name, spec in properties.items() if not spec.get("description"))
     assert not undocumented, f"{flow.name}: parameters without a description: {undocumented}"
+    untitled = sorted(name for name, spec in properties.items() if spec.get("title") == name)
+    assert not untitled, f"{flow.name}: parameters the UI shows by their code name: {untitled}"
 
 
 # --- no secrets ---------------------------------------------------------------------------------
