@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
@@ -158,6 +159,7 @@ def mutex_client() -> Iterator[SyncPrefectClient]:
         yield client
 
 
+@dataclass(kw_only=True)
 class PrefectLeaseMutex:
     """Holds the single slot of a Prefect global concurrency limit under a lease.
 
@@ -166,37 +168,32 @@ class PrefectLeaseMutex:
     every hand-over between senders.
     """
 
-    def __init__(
-        self,
-        *,
-        client: SyncPrefectClient,
-        limit_name: str,
-        lease_seconds: float = 120.0,
-        poll_seconds: float = 0.02,
-        timeout_seconds: float = 3600.0,
-        release_seconds: float = 30.0,
-    ) -> None:
-        self._client = client
-        self._name = limit_name
-        self._lease_seconds = lease_seconds
-        self._poll_seconds = poll_seconds
-        self._timeout_seconds = timeout_seconds
-        self._release_seconds = release_seconds
-        self._lease_id: UUID | None = None
+    client: SyncPrefectClient
+    limit_name: str
+    lease_seconds: float = 120.0
+    poll_seconds: float = 0.02
+    timeout_seconds: float = 3600.0
+    release_seconds: float = 30.0
+    _lease_id: UUID | None = field(default=None, init=False)
 
     def acquire(self) -> None:
         response = self._until_answered(
-            lambda: self._client.increment_concurrency_slots_with_lease(
-                names=[self._name], slots=1, mode="concurrency", lease_duration=self._lease_seconds
+            lambda: self.client.increment_concurrency_slots_with_lease(
+                names=[self.limit_name],
+                slots=1,
+                mode="concurrency",
+                lease_duration=self.lease_seconds,
             ),
-            self._timeout_seconds,
+            self.timeout_seconds,
         )
         if response is None:
-            raise TimeoutError(f"waited {self._timeout_seconds:.0f}s for mail limit {self._name!r}")
+            raise TimeoutError(
+                f"waited {self.timeout_seconds:.0f}s for mail limit {self.limit_name!r}"
+            )
         answer = response.json()
         if not answer.get("limits"):
             raise ConfigError(
-                f"global concurrency limit {self._name!r} does not exist or is inactive; "
+                f"global concurrency limit {self.limit_name!r} does not exist or is inactive; "
                 "run `python -m deployments.bootstrap`"
             )
         self._lease_id = UUID(str(answer["lease_id"]))
@@ -208,8 +205,8 @@ class PrefectLeaseMutex:
         lease_id, self._lease_id = self._lease_id, None
         try:
             self._until_answered(
-                lambda: self._client.release_concurrency_slots_with_lease(lease_id),
-                self._release_seconds,
+                lambda: self.client.release_concurrency_slots_with_lease(lease_id),
+                self.release_seconds,
             )
         except PrefectHTTPStatusError as exc:
             if exc.response.status_code != 404:  # 404: the lease already expired
@@ -231,7 +228,7 @@ class PrefectLeaseMutex:
                     raise
             if time.monotonic() > deadline:
                 return None
-            time.sleep(self._poll_seconds)
+            time.sleep(self.poll_seconds)
 
 
 @contextmanager

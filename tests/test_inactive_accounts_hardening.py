@@ -22,7 +22,7 @@ from prefect.variables import Variable
 
 from flows.inactive_accounts import inactive_accounts
 from lifecycle.clients.mail.message import OutgoingMail
-from lifecycle.clients.storage import LocalStorage
+from lifecycle.clients.storage import LocalStorage, open_storage
 from lifecycle.common.batch import Breaker
 from lifecycle.db.engine import get_engine
 from lifecycle.db.schema import deletion_receipts, users
@@ -33,7 +33,7 @@ from lifecycle.processes.inactive_accounts.warning_mail import WarningContext
 from lifecycle.settings import Settings
 from tasks._prefect import PAUSE_VARIABLE
 from tests.support.clock import NOW, days_ago
-from tests.support.factories import insert_user, storage_of, user_row
+from tests.support.factories import delete_due_batch, insert_user, storage_of, user_row
 from tests.support.http_server import closed_port
 from tests.support.smtp_server import LocalSmtpServer
 
@@ -463,30 +463,12 @@ def test_silent_smtp_server_fails_the_run_naming_it(
 def test_silent_object_storage_stops_the_batch_and_gives_the_rest_back(
     engine: sa.Engine, silent_server: tuple[str, int]
 ) -> None:
-    from lifecycle.clients.storage import open_storage
-    from lifecycle.common.erasure import resolve_plan
-    from lifecycle.processes.inactive_accounts.queries import DeletionQueue
-    from lifecycle.processes.inactive_accounts.steps import delete_batch
-    from lifecycle.settings import DeletionPlanSettings
-
     host, port = silent_server
     storage = open_storage("s3://bucket", endpoint_url=f"http://{host}:{port}", timeout_seconds=0.2)
     ids = [due_for_deletion(engine) for _ in range(25)]
-    ctx = SweepContext(
-        engine=engine, policy=Policy(), as_of=NOW, dry_run=False, lease=timedelta(minutes=15)
-    )
 
     with pytest.raises(DependencyDown, match="object storage is not answering"):
-        delete_batch(
-            ctx,
-            queue=DeletionQueue.DUE,
-            storage=storage,
-            plan=resolve_plan(engine, DeletionPlanSettings()),
-            breaker=Breaker("object storage"),
-            after=None,
-            limit=100,
-            budget=100,
-        )
+        delete_due_batch(engine, storage, "object storage")
 
     # Storage never answered, so no file was touched: every user is as it was, unclaimed.
     assert started(engine) == 0

@@ -19,18 +19,15 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.inactive_accounts import inactive_accounts
 from lifecycle.clients.storage import LocalStorage
-from lifecycle.common.batch import Breaker
 from lifecycle.common.claims import Claim
-from lifecycle.common.erasure import resolve_plan
 from lifecycle.db.engine import get_engine
 from lifecycle.db.schema import deletion_receipts, users
 from lifecycle.processes.inactive_accounts import queries
 from lifecycle.processes.inactive_accounts.queries import DeletionQueue
 from lifecycle.processes.inactive_accounts.rules import Policy
-from lifecycle.processes.inactive_accounts.steps import SweepContext, delete_batch
-from lifecycle.settings import DeletionPlanSettings, Settings
+from lifecycle.settings import Settings
 from tests.support.clock import NOW, days_ago
-from tests.support.factories import insert_user, storage_of, user_row
+from tests.support.factories import delete_due_batch, insert_user, storage_of, user_row
 
 POLICY = Policy()
 LEASE = timedelta(minutes=15)
@@ -106,16 +103,7 @@ def test_user_who_visits_during_a_batch_is_not_deleted(engine: sa.Engine, tmp_pa
     for user_id in [*first_group, visitor]:
         storage.put(f"users/{user_id}/file.txt", b"x")
 
-    report = delete_batch(
-        SweepContext(engine=engine, policy=POLICY, as_of=NOW, dry_run=False, lease=LEASE),
-        queue=DeletionQueue.DUE,
-        storage=storage,
-        plan=resolve_plan(engine, DeletionPlanSettings()),
-        breaker=Breaker("storage"),
-        after=None,
-        limit=100,
-        budget=100,
-    )
+    report = delete_due_batch(engine, storage, "storage")
 
     assert report.counts["deleted"] == CLAIM_GROUP and report.counts["skipped"] == 1
     assert all(user_row(engine, user_id) is None for user_id in first_group)
