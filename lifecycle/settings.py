@@ -143,6 +143,14 @@ class InactiveAccountsSettings(Group):
     )
 
 
+class BackfillSettings(Group):
+    """``LIFECYCLE_BACKFILL__*``: limits of the backfill flow."""
+
+    max_runs: Count = Field(
+        366, ge=1, le=10_000, description="The most dates one backfill may replay."
+    )
+
+
 class Settings(BaseSettings):
     """Everything the flows need to reach the database, object storage and mail."""
 
@@ -202,6 +210,7 @@ class Settings(BaseSettings):
     deletion_plan: DeletionPlanSettings = Field(default_factory=DeletionPlanSettings)
 
     inactive_accounts: InactiveAccountsSettings = Field(default_factory=InactiveAccountsSettings)
+    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 
     @field_validator("database_url")
     @classmethod
