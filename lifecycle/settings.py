@@ -37,8 +37,9 @@ from pydantic_settings import SettingsError as SourceError
 from lifecycle.errors import ConfigError
 
 PREFIX = "LIFECYCLE_"
-#: Variables with our prefix that are not settings: the test suite's and benchmarks' own.
-FOREIGN_VARIABLES = re.compile(r"^LIFECYCLE_(TEST|BENCH)_")
+#: Variables with our prefix that are not settings: the workers' pull step (prefect.yaml), and
+#: the test suite's and benchmarks' own.
+FOREIGN_VARIABLES = re.compile(r"^LIFECYCLE_(GIT|TEST|BENCH)_")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 
 
