@@ -19,6 +19,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
+from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from lifecycle.errors import ConfigError
@@ -68,11 +69,18 @@ def run_for_date(
     limit cancelled (a scheduled run was going on) is started again once that run has ended."""
     deadline = time.monotonic() + max_wait_seconds
     parameters = {"as_of": as_of.isoformat(), "dry_run": dry_run}
+    attempt = 0
     while True:
+        # The key makes a create request the client repeats (say after a timeout) return the
+        # same run instead of starting the date twice; a new attempt gets a new key.
+        key = f"backfill-{flow_run.get_id()}-{as_of.isoformat()}-{attempt}"
         run = cast(  # run_deployment is typed for async callers too; here it returns a FlowRun
             FlowRun,
             run_deployment(
-                deployment_name(process), parameters=parameters, poll_interval=POLL_SECONDS
+                deployment_name(process),
+                parameters=parameters,
+                poll_interval=POLL_SECONDS,
+                idempotency_key=key,
             ),
         )
         state = run.state
@@ -89,6 +97,7 @@ def run_for_date(
         get_run_logger().info("%s: another run holds the deployment; waiting", as_of.date())
         with get_client(sync_client=True) as client:
             _wait_until_idle(client, run.deployment_id, deadline)
+        attempt += 1
 
 
 def _wait_until_idle(client: SyncPrefectClient, deployment_id: object, deadline: float) -> None:
