@@ -11,10 +11,19 @@ What one process alone needs is a nested group named after it:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -23,6 +32,19 @@ from lifecycle.errors import ConfigError
 
 class SettingsError(ConfigError):
     """Raised when the environment holds invalid or missing settings."""
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+#: A number read from the environment ("10") or JSON (10), but never a boolean (true is not 1).
+Number = Annotated[int, BeforeValidator(_no_bool)]
+Fraction = Annotated[float, BeforeValidator(_no_bool)]
+#: A table or column name: checked against the live schema before use, never pasted into SQL.
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=63)]
 
 
 class ReferenceRule(BaseModel):
@@ -75,6 +97,183 @@ class InactiveAccountsSettings(BaseModel):
     )
 
 
+def _http_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError("must be an http(s) URL without query string, e.g. https://host/path")
+    return value
+
+
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+
+
+# --- TTL purge (LIFECYCLE_TTL_PURGE__*) and abandoned carts (LIFECYCLE_ABANDONED_CARTS__*) ---
+
+
+class _Strict(BaseModel):
+    """A settings group that refuses unknown keys, so a misspelt key is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OrphanRule(_Strict):
+    """Rows of a purge target whose primary row (in ``table``, matched on ``columns``) is gone."""
+
+    table: Identifier
+    columns: dict[Identifier, Identifier] = Field(
+        min_length=1, description="Column of the target -> column of the primary table."
+    )
+
+
+class PurgeTarget(_Strict):
+    """One table the TTL purge keeps clean: rows whose expiry is in the past are deleted."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=40)
+    table: Identifier
+    expiry_column: Identifier
+    expiry_kind: Literal["epoch", "timestamp"] = Field(
+        description="epoch: integer Unix seconds; timestamp: a date-time column."
+    )
+    batch_size: Number = Field(10_000, ge=100, le=100_000, description="Rows per transaction.")
+    strategy: Literal["auto", "blocks", "index"] = "auto"
+    orphan_of: OrphanRule | None = None
+    action: Literal["abandoned-cart"] | None = Field(
+        None, description="Run this on expired rows before they go (abandoned-cart: report it)."
+    )
+
+    @model_validator(mode="after")
+    def _action_fits(self) -> PurgeTarget:
+        if self.action == "abandoned-cart" and (
+            self.table,
+            self.expiry_column,
+            self.expiry_kind,
+        ) != ("cart_activity", "expires_at", "epoch"):
+            raise ValueError(
+                "the abandoned-cart action runs on table cart_activity, expiry_column "
+                "expires_at, expiry_kind epoch"
+            )
+        if self.action and self.orphan_of:
+            raise ValueError("a target has either an action or orphan_of, not both")
+        return self
+
+
+def reference_targets() -> list[PurgeTarget]:
+    """The maintenance guide's tables: attributes with ``ttl_timestamp``, and its index entries
+    (which also go when their attribute is gone)."""
+    return [
+        PurgeTarget(
+            name="attributes", table="attributes", expiry_column="ttl_timestamp", expiry_kind="epoch"
+        ),
+        PurgeTarget(
+            name="attribute-index",
+            table="attribute_index",
+            expiry_column="ttl_timestamp",
+            expiry_kind="epoch",
+            orphan_of=OrphanRule(
+                table="attributes",
+                columns={"actor_id": "actor_id", "bucket": "bucket", "name": "name"},
+            ),
+        ),
+    ]
+
+
+class DynamoTtlTable(_Strict):
+    """A DynamoDB table whose native TTL the purge enables, verifies and monitors."""
+
+    table: str = Field(pattern=r"^[A-Za-z0-9_.-]{3,255}$")
+    attribute: str = Field(min_length=1, max_length=255)
+
+
+class TtlPurgeSettings(_Strict):
+    """``LIFECYCLE_TTL_PURGE__*``: what the ``ttl-purge`` flow purges, and how."""
+
+    targets: list[PurgeTarget] = Field(default_factory=reference_targets)
+    dynamodb_tables: list[DynamoTtlTable] = Field(default_factory=list)
+    block_walk_above: Fraction = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="Walk the table by block ranges when more than this share of its rows is "
+        "expired; below it, walk the expiry index.",
+    )
+    lock_wait_ms: Number = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="A block batch waits at most this long for a row the application holds, "
+        "then redoes the range skipping locked rows (PostgreSQL).",
+    )
+    vacuum_after_rows: Number = Field(
+        100_000, ge=0, description="VACUUM a PostgreSQL table after a run deleted this many rows."
+    )
+    backlog_alert_rows: Number = Field(
+        100_000, ge=1, description="Emit an event when more expired rows remain after a run."
+    )
+    backlog_alert_age_seconds: Number = Field(
+        86_400, ge=60, description="... or when the oldest expired row is older than this."
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, targets: list[PurgeTarget]) -> list[PurgeTarget]:
+        names = [target.name for target in targets]
+        if len(names) != len(set(names)):
+            raise ValueError(f"target names must be unique, got {names}")
+        return targets
+
+
+class DynamoCartTable(_Strict):
+    """A DynamoDB cart-activity table whose TTL deletions are abandoned carts."""
+
+    table: str = Field(pattern=r"^[A-Za-z0-9_.-]{3,255}$")
+    key_attribute: str = "cartid"
+    ttl_attribute: str = "ttl"
+    customer_attribute: str = "customerid"
+    products_attribute: str = "productids"
+
+
+class AbandonedCartsSettings(_Strict):
+    """``LIFECYCLE_ABANDONED_CARTS__*``: where abandoned carts are reported, and from where."""
+
+    marketing_url: HttpUrl | None = Field(
+        None, description="Endpoint that receives abandoned carts (POST, JSON, signed)."
+    )
+    marketing_secret: SecretStr | None = Field(
+        None, description="Shared secret of the HMAC-SHA256 signature; required with the URL."
+    )
+    request_timeout_seconds: Fraction = Field(10.0, gt=0, le=120)
+    retry_budget_seconds: Fraction = Field(
+        60.0, ge=0, le=900, description="Total waiting between retries of one cart."
+    )
+    keep_rejected_days: Number = Field(
+        30, ge=1, le=3650, description="A cart the suite refused (4xx) is purged after this."
+    )
+    dynamodb_tables: list[DynamoCartTable] = Field(default_factory=list)
+    stream_page_size: Number = Field(100, ge=1, le=1000)
+    sweep_grace_seconds: Number = Field(
+        3600,
+        ge=0,
+        le=7 * 86_400,
+        description="The DynamoDB sweep reports carts expired at least this long ago that TTL "
+        "has not removed yet (TTL may lag up to 48 hours).",
+    )
+
+    @model_validator(mode="after")
+    def _secret_with_url(self) -> AbandonedCartsSettings:
+        if self.marketing_secret is not None and len(self.marketing_secret.get_secret_value()) < 16:
+            raise ValueError(
+                "LIFECYCLE_ABANDONED_CARTS__MARKETING_SECRET must be at least 16 characters"
+            )
+        if self.marketing_url and self.marketing_secret is None:
+            raise ValueError(
+                "LIFECYCLE_ABANDONED_CARTS__MARKETING_SECRET is required when "
+                "LIFECYCLE_ABANDONED_CARTS__MARKETING_URL is set"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """Everything the flows need to reach the database, object storage and mail."""
 
@@ -123,7 +322,13 @@ class Settings(BaseSettings):
     )
     deletion_plan: DeletionPlanSettings = Field(default_factory=DeletionPlanSettings)
 
+    dynamodb_endpoint_url: HttpUrl | None = Field(
+        None, description="DynamoDB (and Streams) endpoint, for local emulators; default AWS."
+    )
+
     inactive_accounts: InactiveAccountsSettings = Field(default_factory=InactiveAccountsSettings)
+    ttl_purge: TtlPurgeSettings = Field(default_factory=TtlPurgeSettings)
+    abandoned_carts: AbandonedCartsSettings = Field(default_factory=AbandonedCartsSettings)
 
     @field_validator("database_url")
     @classmethod
@@ -177,6 +382,12 @@ class Settings(BaseSettings):
             raise ValueError("LIFECYCLE_SMTP_PASSWORD must not be empty")
         if self.pseudonym_key is not None and len(self.pseudonym_key.get_secret_value()) < 16:
             raise ValueError("LIFECYCLE_PSEUDONYM_KEY must be at least 16 characters")
+        acting = [t.name for t in self.ttl_purge.targets if t.action == "abandoned-cart"]
+        if acting and not self.abandoned_carts.marketing_url:
+            raise ValueError(
+                f"LIFECYCLE_ABANDONED_CARTS__MARKETING_URL is required: TTL purge target(s) "
+                f"{acting} report abandoned carts"
+            )
         return self
 
     @property
