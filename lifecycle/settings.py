@@ -156,6 +156,8 @@ class PurgeTarget(_Strict):
             )
         if self.action and self.orphan_of:
             raise ValueError("a target has either an action or orphan_of, not both")
+        if self.orphan_of and self.strategy == "index":
+            raise ValueError("orphans can be anywhere: a target with orphan_of walks its blocks")
         return self
 
 

@@ -3,7 +3,8 @@ checkpoints, and the ``ttl_backlog`` monitoring view.
 
 Only new tables, so nothing here locks a table the application already uses. The view counts,
 per reference table, the rows expired but not yet purged, the age of the oldest, and the table
-size (PostgreSQL: ``pg_total_relation_size``; SQLite: ``dbstat`` when compiled in, else NULL).
+size (PostgreSQL: ``pg_total_relation_size``; SQLite: NULL, since SQLite refuses ``dbstat`` in a
+view: ``lifecycle ttl-status`` shows it).
 
 Revision ID: 0003
 Revises: 0001
@@ -29,15 +30,13 @@ WATCHED = (
 )
 
 
-def _view_sql(dialect: str, with_dbstat: bool) -> str:
+def _view_sql(dialect: str) -> str:
     if dialect == "postgresql":
         now = "EXTRACT(EPOCH FROM now())::bigint"
         size = "pg_total_relation_size('{table}')"
     else:
         now = "CAST(strftime('%s', 'now') AS INTEGER)"
-        size = (
-            "(SELECT SUM(pgsize) FROM dbstat WHERE name = '{table}')" if with_dbstat else "NULL"
-        )
+        size = "NULL"
     parts = [
         f"SELECT '{target}' AS target, COUNT(*) AS expired_rows, "
         f"MIN({column}) AS oldest_expiry, {now} - MIN({column}) AS oldest_age_seconds, "
@@ -46,14 +45,6 @@ def _view_sql(dialect: str, with_dbstat: bool) -> str:
         for target, table, column in WATCHED
     ]
     return "CREATE VIEW ttl_backlog AS " + " UNION ALL ".join(parts)
-
-
-def _has_dbstat() -> bool:
-    try:
-        op.get_bind().exec_driver_sql("SELECT 1 FROM dbstat LIMIT 0")
-    except sa.exc.OperationalError:
-        return False
-    return True
 
 
 def upgrade() -> None:
@@ -106,8 +97,7 @@ def upgrade() -> None:
         sa.Column("claim_id", sa.String(36)),
         sa.Column("lease_until", UTCDateTime()),
     )
-    dialect = op.get_bind().dialect.name
-    op.execute(_view_sql(dialect, with_dbstat=dialect == "sqlite" and _has_dbstat()))
+    op.execute(_view_sql(op.get_bind().dialect.name))
 
 
 def downgrade() -> None:
