@@ -166,7 +166,10 @@ def reference_targets() -> list[PurgeTarget]:
     (which also go when their attribute is gone)."""
     return [
         PurgeTarget(
-            name="attributes", table="attributes", expiry_column="ttl_timestamp", expiry_kind="epoch"
+            name="attributes",
+            table="attributes",
+            expiry_column="ttl_timestamp",
+            expiry_kind="epoch",
         ),
         PurgeTarget(
             name="attribute-index",

@@ -177,6 +177,7 @@ cart_activity = sa.Table(
     sa.Column("claim_id", sa.String(36)),
     sa.Column("lease_until", UTCDateTime()),
     sa.Column("rejected_at", UTCDateTime()),
+    sa.Column("rejected_expires_at", sa.BigInteger()),  # the expiry the suite refused
     sa.Column("rejection", sa.String(300)),
 )
 sa.Index("ix_cart_activity_expires_at", cart_activity.c.expires_at, cart_activity.c.cart_id)

@@ -64,11 +64,13 @@ class Target:
             return value.astimezone(UTC).replace(tzinfo=None)
         return value
 
-    def expired(self, cutoff: int | datetime, table: sa.Table | None = None) -> ColumnElement[bool]:
+    def expired(
+        self, cutoff: int | datetime, table: sa.FromClause | None = None
+    ) -> ColumnElement[bool]:
         column = (table if table is not None else self.table).c[self.expiry.name]
         return column < sa.literal(self.cutoff(cutoff), self.expiry.type)
 
-    def orphaned(self, table: sa.Table | None = None) -> ColumnElement[bool] | None:
+    def orphaned(self, table: sa.FromClause | None = None) -> ColumnElement[bool] | None:
         """No primary row matches (None when the target does not look for orphans)."""
         rule = self.settings.orphan_of
         if rule is None or self.primary is None:
@@ -78,7 +80,9 @@ class Target:
         match = [own.c[mine] == primary.c[theirs] for mine, theirs in rule.columns.items()]
         return ~sa.exists().where(*match)
 
-    def doomed(self, cutoff: int | datetime, table: sa.Table | None = None) -> ColumnElement[bool]:
+    def doomed(
+        self, cutoff: int | datetime, table: sa.FromClause | None = None
+    ) -> ColumnElement[bool]:
         """Expired, or an orphan: what a batch deletes."""
         orphan = self.orphaned(table)
         expired = self.expired(cutoff, table)
@@ -153,7 +157,9 @@ def _primary_table(
 
 
 def _row_id(engine: sa.Engine, table: sa.Table, target: PurgeTarget) -> sa.Column[Any]:
-    name, type_ = ("ctid", Tid()) if engine.dialect.name == "postgresql" else ("rowid", sa.Integer())
+    name, type_ = (
+        ("ctid", Tid()) if engine.dialect.name == "postgresql" else ("rowid", sa.Integer())
+    )
     column: sa.Column[Any] = sa.Column(name, type_, system=True)
     table.append_column(column)
     if engine.dialect.name == "sqlite":
@@ -181,11 +187,13 @@ def measure_backlog(
         sa.select(sa.func.count(), sa.func.min(target.expiry)).where(target.expired(cutoff))
     ).one()
     rows, size = (
-        _postgres_size(conn, target) if target.dialect == "postgresql" else _sqlite_size(conn, target)
+        _postgres_size(conn, target)
+        if target.dialect == "postgresql"
+        else _sqlite_size(conn, target)
     )
     return Backlog(
         expired=int(expired),
-        oldest_expiry=expiry_instant(target.settings.expiry_kind, oldest),
+        oldest_expiry=expiry_instant(oldest),
         rows=rows,
         table_bytes=size,
         measured_at=now,
@@ -254,7 +262,9 @@ def extent(conn: sa.Connection, target: Target) -> Extent:
         ).one()
         per_block = estimate / pages if pages and estimate and estimate > 0 else 60.0
         return Extent(first=0, end=int(blocks), rows_per_block=float(per_block))
-    low, high = conn.execute(sa.select(sa.func.min(target.row_id), sa.func.max(target.row_id))).one()
+    low, high = conn.execute(
+        sa.select(sa.func.min(target.row_id), sa.func.max(target.row_id))
+    ).one()
     if low is None:
         return Extent(first=0, end=0, rows_per_block=1.0)
     return Extent(first=int(low), end=int(high) + 1, rows_per_block=1.0)
@@ -266,7 +276,7 @@ def _row_id_value(target: Target, value: Any) -> ColumnElement[Any]:
     return sa.literal(value, sa.Integer())
 
 
-def _in_range(target: Target, table: sa.Table, start: int, end: int) -> ColumnElement[bool]:
+def _in_range(target: Target, table: sa.FromClause, start: int, end: int) -> ColumnElement[bool]:
     row_id = table.c[target.row_id.name]
     if target.dialect == "postgresql":
         return sa.and_(
@@ -360,7 +370,9 @@ def delete_expiry_page(
             expiry >= position,
             sa.tuple_(expiry, row_id) > sa.tuple_(position, _row_id_value(target, after.id)),
         )
-    page = page.order_by(expiry, row_id).limit(limit).with_for_update(skip_locked=True, of=candidate)
+    page = (
+        page.order_by(expiry, row_id).limit(limit).with_for_update(skip_locked=True, of=candidate)
+    )
     if target.dialect == "postgresql":
         chosen = target.row_id == sa.any_(sa.func.array(page.scalar_subquery()))
     else:

@@ -45,11 +45,11 @@ def cutoff(kind: ExpiryKind, as_of: datetime) -> int | datetime:
     return int(as_of.timestamp()) if kind == "epoch" else as_of.astimezone(UTC)
 
 
-def expiry_instant(kind: ExpiryKind, value: int | datetime | None) -> datetime | None:
+def expiry_instant(value: int | datetime | None) -> datetime | None:
     """An expiry value as a UTC instant (naive timestamps are taken as UTC)."""
     if value is None:
         return None
-    if kind == "epoch" or isinstance(value, int):
+    if not isinstance(value, datetime):
         return datetime.fromtimestamp(int(value), UTC)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 

@@ -83,6 +83,7 @@ def upgrade() -> None:
         sa.Column("claim_id", sa.String(36)),
         sa.Column("lease_until", UTCDateTime()),
         sa.Column("rejected_at", UTCDateTime()),
+        sa.Column("rejected_expires_at", sa.BigInteger()),
         sa.Column("rejection", sa.String(300)),
     )
     op.create_index("ix_cart_activity_expires_at", "cart_activity", ["expires_at", "cart_id"])
