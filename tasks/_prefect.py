@@ -65,30 +65,38 @@ def batch_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
     )
 
 
-def report_batch(report: BatchReport, events: Mapping[str, str]) -> BatchReport:
+def report_batch(
+    report: BatchReport, events: Mapping[str, str], *, subject_label: str = "accounts"
+) -> BatchReport:
     """Log the batch and emit one event per outcome in ``events`` (outcome -> event name).
 
     One event per batch, not per item: an event per account would cost the Prefect server
-    more than the work itself. The payload lists the items by pseudonym.
+    more than the work itself. The payload lists the items by pseudonym under
+    ``subject_label`` ("accounts", "customers", ...).
     """
     logger = get_run_logger()
     for outcome, event in events.items():
         subjects = report.subjects.get(outcome, [])
         if subjects:
-            emit_event(
-                event=event,
-                resource={
-                    "prefect.resource.id": f"lifecycle.batch.{task_run.get_id()}",
-                    "prefect.resource.name": task_run.get_name() or "batch",
-                },
-                payload={"count": len(subjects), "accounts": subjects},
-            )
+            emit_batch_event(event, {"count": len(subjects), subject_label: subjects})
     for failure in report.failures[:LOGGED_FAILURES]:
         logger.error("item %s failed at %s: %s", failure.subject[:16], failure.stage, failure.error)
     if len(report.failures) > LOGGED_FAILURES:
         logger.error("... and %d more failures", len(report.failures) - LOGGED_FAILURES)
     logger.info("batch: %s", dict(report.counts))
     return report
+
+
+def emit_batch_event(event: str, payload: dict[str, Any]) -> None:
+    """An event about the running task's batch (resource ``lifecycle.batch.<task run id>``)."""
+    emit_event(
+        event=event,
+        resource={
+            "prefect.resource.id": f"lifecycle.batch.{task_run.get_id()}",
+            "prefect.resource.name": task_run.get_name() or "batch",
+        },
+        payload=payload,
+    )
 
 
 # --- the shared mail rate ---------------------------------------------------------------------
@@ -233,3 +241,8 @@ def paced_mail(settings: Settings, mailer: Mailer) -> Iterator[Callable[[Outgoin
 def publish_summary(key: str, title: str, summary: RunSummary) -> None:
     """The run's summary as a table artifact (outcome, count) in the Prefect UI."""
     create_table_artifact(key=key, table=summary.rows(), description=f"{title}: {summary.line()}")
+
+
+def publish_table(key: str, description: str, rows: list[dict[str, Any]]) -> None:
+    """Any table (a list of rows with the same keys) as an artifact in the Prefect UI."""
+    create_table_artifact(key=key, table=rows, description=description)

@@ -65,6 +65,14 @@ class CartParams(BaseModel):
         return rules.epoch(self.as_of)
 
 
+@dataclass(frozen=True)
+class CartPlan:
+    """What preflight found: expired carts in the database, DynamoDB cart tables to read."""
+
+    due: int
+    dynamodb_tables: tuple[str, ...] = ()
+
+
 class CartSummary(RunSummary):
     """What one abandoned-carts run did."""
 

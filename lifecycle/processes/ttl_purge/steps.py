@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from lifecycle.common.batch import BatchReport, RunSummary
 from lifecycle.common.paging import Cursor
+from lifecycle.errors import ConfigError
 from lifecycle.processes.ttl_purge import queries
 from lifecycle.processes.ttl_purge.queries import Deleted, Extent, Target
 from lifecycle.processes.ttl_purge.rules import (
@@ -27,12 +28,37 @@ from lifecycle.processes.ttl_purge.rules import (
     choose_strategy,
     cutoff,
 )
-from lifecycle.settings import TtlPurgeSettings
+from lifecycle.settings import PurgeTarget, TtlPurgeSettings
 
 #: A slice (one Prefect task) runs batches for about this long.
 SLICE_SECONDS = 20.0
 #: PostgreSQL's "lock not available", raised when ``lock_timeout`` ran out.
 LOCK_NOT_AVAILABLE = "55P03"
+
+
+class PurgeParams(BaseModel):
+    """A run's parameters, the same for every task of the run."""
+
+    as_of: datetime
+    dry_run: bool
+    deadline: datetime
+    targets: list[str] | None = None  # names; None: every configured target
+    vacuum: bool = True
+    check_dynamodb: bool = True
+
+
+def select_targets(settings: TtlPurgeSettings, names: list[str] | None) -> list[PurgeTarget]:
+    """The configured targets named (all when ``names`` is None); unknown names are refused."""
+    if names is None:
+        return list(settings.targets)
+    known = {target.name: target for target in settings.targets}
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"targets {unknown} are not configured (configured: {sorted(known)}); see "
+            "LIFECYCLE_TTL_PURGE__TARGETS"
+        )
+    return [known[name] for name in dict.fromkeys(names)]
 
 
 @dataclass(frozen=True)
@@ -72,6 +98,18 @@ class PurgeReport(BatchReport):
         return self.last_batch_at - self.first_batch_at
 
 
+def backlogs(
+    engine: sa.Engine, targets: list[PurgeTarget], *, as_of: datetime, now: datetime
+) -> dict[str, Backlog]:
+    """Each target's backlog at ``as_of``: what monitoring shows (``lifecycle ttl-status``)."""
+    found: dict[str, Backlog] = {}
+    with engine.connect() as conn:
+        for target in queries.resolve_targets(engine, targets):
+            limit = cutoff(target.settings.expiry_kind, as_of)
+            found[target.name] = queries.measure_backlog(conn, target, limit, now)
+    return found
+
+
 def plan(
     conn: sa.Connection, target: Target, backlog: Backlog, settings: TtlPurgeSettings
 ) -> PurgePlan:
@@ -93,6 +131,15 @@ def plan(
     extent = queries.extent(conn, target)
     step = blocks_per_batch(size, extent.rows_per_block)
     return PurgePlan(target.name, strategy, size, extent=extent, batch_blocks=step)
+
+
+@dataclass(frozen=True)
+class PlannedTarget:
+    """A target's plan and its backlog when the run began (and, in a dry run, its orphans)."""
+
+    plan: PurgePlan
+    backlog: Backlog
+    orphans: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,90 @@
+"""Flow ``abandoned-carts``: report expired carts to the marketing suite, then delete them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from prefect import flow, get_run_logger
+from pydantic import Field, StrictBool, StrictInt
+
+from lifecycle.common.batch import BatchReport, resolve_as_of
+from lifecycle.common.paging import each_page
+from lifecycle.errors import RunFailed
+from lifecycle.processes.abandoned_carts.steps import CartParams, CartSummary
+from tasks._prefect import publish_summary
+from tasks.abandoned_carts import (
+    expire_carts_batch,
+    preflight_carts,
+    purge_refused_carts,
+    read_cart_stream,
+    sweep_dynamodb_carts,
+)
+
+
+@flow(name="abandoned-carts", validate_parameters=True)
+def abandoned_carts(
+    as_of: datetime | None = None,
+    dry_run: StrictBool = False,
+    batch_size: Annotated[StrictInt, Field(ge=1, le=1000)] = 100,
+    max_runtime: Annotated[StrictInt, Field(ge=10, le=86_400)] = 900,
+    read_streams: StrictBool = True,
+    sweep_dynamodb: StrictBool = True,
+) -> CartSummary:
+    """Report abandoned carts to the marketing suite; see README for the exact rules.
+
+    Args:
+        as_of: Carts whose expiry is before this instant (with time zone) are abandoned;
+            default now. The future is refused.
+        dry_run: Count the carts that would be reported or purged, and change nothing (no
+            request to the marketing suite, no checkpoint moved).
+        batch_size: Carts claimed per batch; one Prefect task per batch, one request per cart.
+        max_runtime: Seconds after which the run stops cleanly between two carts; claimed
+            carts not sent are released for the next run.
+        read_streams: Read the streams of the configured DynamoDB cart tables for carts their
+            TTL removed.
+        sweep_dynamodb: Also report DynamoDB carts expired long ago (see
+            LIFECYCLE_ABANDONED_CARTS__SWEEP_GRACE_SECONDS) that TTL has not removed yet.
+    """
+    started = datetime.now(UTC)
+    total = BatchReport()
+    batches = 0
+    as_used = started
+    try:
+        params = CartParams(
+            as_of=resolve_as_of(as_of, started),
+            dry_run=dry_run,
+            batch_size=batch_size,
+            deadline=started + timedelta(seconds=max_runtime),
+        )
+        as_used = params.as_of
+        plan = preflight_carts(params)
+        get_run_logger().info("expired carts in the database: %d", plan.due)
+        for report in each_page(
+            lambda after: expire_carts_batch(params, after), stop=lambda: _late(params)
+        ):
+            total.merge(report)
+            batches += 1
+        total.counts["refused_purged"] += purge_refused_carts(params)
+        for table in plan.dynamodb_tables:
+            if read_streams and not _late(params):
+                total.merge(read_cart_stream(params, table))
+                batches += 1
+            if sweep_dynamodb and not _late(params):
+                total.merge(sweep_dynamodb_carts(params, table))
+                batches += 1
+    finally:
+        summary = CartSummary.of(total, as_of=as_used, dry_run=dry_run, batches=batches)
+        summary.stopped_early = datetime.now(UTC) >= started + timedelta(seconds=max_runtime)
+        publish_summary("abandoned-carts-summary", "Abandoned carts", summary)
+    get_run_logger().info("summary: %s", summary.line())
+    if summary.failed:
+        raise RunFailed(
+            f"{summary.failed} carts failed (see logs; refused carts are kept, the others are "
+            f"tried again next run). Summary: {summary.line()}"
+        )
+    return summary
+
+
+def _late(params: CartParams) -> bool:
+    return datetime.now(UTC) >= params.deadline
