@@ -284,7 +284,7 @@ def test_invalid_parameters_are_refused(
     message: str,
 ) -> None:
     with pytest.raises(Exception, match=message):
-        ttl_purge(check_dynamodb=False, **parameters)  # type: ignore[arg-type]
+        ttl_purge(check_dynamodb=False, **parameters)  # type: ignore[call-overload]
     assert len(names(engine)) == 40
 
 

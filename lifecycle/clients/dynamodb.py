@@ -63,6 +63,11 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _not_found(exc: ClientError) -> bool:
+    """ResourceNotFoundException (AWS; some emulators say ResourceNotFound)."""
+    return _code(exc).startswith("ResourceNotFound")
+
+
 def _missing_table(table: str, variable: str) -> ConfigError:
     return ConfigError(
         f"DynamoDB table {table!r} does not exist or is not accessible; fix {variable}"
@@ -98,7 +103,7 @@ class DynamoTtl:
         try:
             answer = self._client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
         except ClientError as exc:
-            if _code(exc) == "ResourceNotFoundException":
+            if _not_found(exc):
                 raise _missing_table(table, self._variable) from None
             raise
         return TtlState(table, answer["TimeToLiveStatus"], answer.get("AttributeName"))
@@ -162,7 +167,7 @@ class DynamoTtl:
                     overdue += value < overdue_before
                     oldest = value if oldest is None else min(oldest, value)
         except ClientError as exc:
-            if _code(exc) == "ResourceNotFoundException":
+            if _not_found(exc):
                 raise _missing_table(table, self._variable) from None
             raise
         return ExpiredItems(
@@ -231,7 +236,7 @@ class CartStream:
         try:
             description = self._dynamodb.describe_table(TableName=table)["Table"]
         except ClientError as exc:
-            if _code(exc) == "ResourceNotFoundException":
+            if _not_found(exc):
                 raise _missing_table(table, variable) from None
             raise
         spec = description.get("StreamSpecification") or {}
@@ -296,7 +301,7 @@ class CartStream:
                     f"stream records of shard {shard_id} after our checkpoint were trimmed "
                     "(older than 24 hours): those carts cannot be reported"
                 ) from None
-            if _code(exc) == "ResourceNotFoundException":  # the shard itself aged out
+            if _not_found(exc):  # the shard itself aged out
                 return None
             raise
         return answer.get("ShardIterator")

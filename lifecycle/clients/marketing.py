@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from lifecycle.clients.http import HttpClient, RetryPolicy
+from lifecycle.clients.http import HttpClient, RequestRejected, RetryPolicy
 from lifecycle.errors import ConfigError
 
 SIGNATURE_HEADER = "X-Lifecycle-Signature"
@@ -145,17 +145,20 @@ class MarketingSuite:
                 raise CartChanged(cart.idempotency_key)
 
         body = cart.body()
-        response = self._http.request(
-            "POST",
-            self._path,
-            content=body,
-            headers={
-                "Content-Type": "application/json",
-                IDEMPOTENCY_HEADER: cart.idempotency_key,
-                SIGNATURE_HEADER: sign(self._secret, int(self._clock()), body),
-            },
-            before_attempt=check,
-        )
+        try:
+            response = self._http.request(
+                "POST",
+                self._path,
+                content=body,
+                headers={
+                    "Content-Type": "application/json",
+                    IDEMPOTENCY_HEADER: cart.idempotency_key,
+                    SIGNATURE_HEADER: sign(self._secret, int(self._clock()), body),
+                },
+                before_attempt=check,
+            )
+        except RequestRejected as exc:  # its message quotes the answer, which may echo ids
+            raise RequestRejected(_without_ids(str(exc), cart), status=exc.status) from None
         if not response.is_success:  # a redirect: the URL is not the endpoint itself
             raise ConfigError(
                 f"marketing suite answered {response.status_code} (a redirect) to POST "
@@ -164,3 +167,8 @@ class MarketingSuite:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _without_ids(text: str, cart: AbandonedCart) -> str:
+    """``text`` with the cart's customer id and cart id masked, for logs and the database."""
+    return text.replace(cart.customer_id, "<customer>").replace(cart.cart_id, "<cart>")
