@@ -10,9 +10,8 @@ from pydantic import Field, StrictBool, StrictInt
 
 from lifecycle.common.batch import BatchReport, resolve_as_of
 from lifecycle.common.paging import each_page
-from lifecycle.errors import RunFailed
 from lifecycle.processes.abandoned_carts.steps import CartParams, CartSummary
-from tasks._prefect import publish_summary
+from tasks._prefect import conclude, publish_summary
 from tasks.abandoned_carts import (
     expire_carts_batch,
     preflight_carts,
@@ -77,12 +76,7 @@ def abandoned_carts(
         summary = CartSummary.of(total, as_of=as_used, dry_run=dry_run, batches=batches)
         summary.stopped_early = datetime.now(UTC) >= started + timedelta(seconds=max_runtime)
         publish_summary("abandoned-carts-summary", "Abandoned carts", summary)
-    get_run_logger().info("summary: %s", summary.line())
-    if summary.failed:
-        raise RunFailed(
-            f"{summary.failed} carts failed (see logs; refused carts are kept, the others are "
-            f"tried again next run). Summary: {summary.line()}"
-        )
+    conclude(summary, "carts", "see logs; refused carts are kept, the others are tried next run")
     return summary
 
 

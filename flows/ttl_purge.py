@@ -6,12 +6,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from pydantic import Field, StrictBool, StrictInt
 
 from lifecycle.common.batch import BatchReport, resolve_as_of
 from lifecycle.common.paging import Cursor, each_page
-from lifecycle.errors import RunFailed
 from lifecycle.processes.abandoned_carts.steps import CartParams
 from lifecycle.processes.ttl_purge.steps import (
     PlannedTarget,
@@ -20,7 +19,7 @@ from lifecycle.processes.ttl_purge.steps import (
     PurgeSummary,
     TargetResult,
 )
-from tasks._prefect import publish_summary
+from tasks._prefect import conclude, publish_summary
 from tasks.abandoned_carts import expire_carts_batch
 from tasks.ttl_purge import (
     check_dynamodb_ttl,
@@ -91,9 +90,7 @@ def ttl_purge(
         )
         publish_summary("ttl-purge-summary", "TTL purge", summary)
         publish_monitoring(results, dynamodb)
-    get_run_logger().info("summary: %s", summary.line())
-    if summary.failed:
-        raise RunFailed(f"{summary.failed} items failed (see logs). Summary: {summary.line()}")
+    conclude(summary, "carts", "see logs; refused carts are kept, the others are tried next run")
     return summary
 
 
@@ -131,6 +128,9 @@ def _purge(params: PurgeParams, planned: PlannedTarget, total: BatchReport) -> T
     result.orphans_purged = report.counts["orphans_purged"]
     result.batches = report.totals["batches"]
     result.purge_seconds = round(report.seconds, 3)
+    if report.first_batch_at is not None and report.last_batch_at is not None:
+        result.first_batch_at = datetime.fromtimestamp(report.first_batch_at, UTC)
+        result.last_batch_at = datetime.fromtimestamp(report.last_batch_at, UTC)
     if params.vacuum and not params.dry_run and plan.strategy is not None and removed:
         result.vacuum_seconds = vacuum_ttl_target(plan.target, removed)
     return result

@@ -30,7 +30,7 @@ from lifecycle.clients.mail.backends import Mailer
 from lifecycle.clients.mail.message import OutgoingMail
 from lifecycle.clients.mail.pacing import PacedSender
 from lifecycle.common.batch import LOGGED_FAILURES, BatchReport, RunSummary
-from lifecycle.errors import ConfigError, is_retryable
+from lifecycle.errors import ConfigError, RunFailed, is_retryable
 from lifecycle.settings import Settings
 
 P = ParamSpec("P")
@@ -236,6 +236,13 @@ def paced_mail(settings: Settings, mailer: Mailer) -> Iterator[Callable[[Outgoin
             mailer=mailer, mutex=mutex, rate_per_second=settings.mail_rate_per_second
         ) as sender:
             yield sender.send
+
+
+def conclude(summary: RunSummary, what: str, advice: str) -> None:
+    """Log the run's summary, and fail the run (:class:`RunFailed`) when items failed."""
+    get_run_logger().info("summary: %s", summary.line())
+    if summary.failed:
+        raise RunFailed(f"{summary.failed} {what} failed ({advice}). Summary: {summary.line()}")
 
 
 def publish_summary(key: str, title: str, summary: RunSummary) -> None:

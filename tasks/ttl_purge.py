@@ -153,7 +153,10 @@ def publish_monitoring(results: list[TargetResult], dynamodb: list[dict[str, obj
     DynamoDB table) whose backlog crossed the configured thresholds."""
     settings = get_settings()
     config = settings.ttl_purge
-    rows = [result.model_dump() | {"rows_per_second": result.rows_per_second} for result in results]
+    rows = [
+        result.model_dump(mode="json") | {"rows_per_second": result.rows_per_second}
+        for result in results
+    ]
     publish_table("ttl-purge-backlog", "TTL purge: backlog per target", rows)
     if dynamodb:
         publish_table("ttl-purge-dynamodb", "TTL purge: DynamoDB tables", dynamodb)

@@ -15,15 +15,13 @@ import sqlalchemy as sa
 
 from flows.abandoned_carts import abandoned_carts
 from flows.ttl_purge import ttl_purge
-from lifecycle.clients.http import RetryPolicy
-from lifecycle.clients.marketing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, MarketingSuite, verify
+from lifecycle.clients.marketing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
 from lifecycle.common.claims import Claim
 from lifecycle.common.paging import Cursor
 from lifecycle.db.schema import cart_activity
 from lifecycle.errors import ConfigError, DependencyDown, RunFailed
 from lifecycle.privacy import pseudonym
 from lifecycle.processes.abandoned_carts import queries, rules, steps
-from lifecycle.processes.abandoned_carts.steps import CartContext, CartParams
 from lifecycle.settings import Settings
 from tests.support.http_server import Reply, ScriptedHttpServer
 from tests.support.prefect_runs import run_events, run_text
@@ -31,9 +29,11 @@ from tests.support.ttl import (
     EPOCH,
     SECRET,
     cart,
+    cart_context,
     configure_marketing,
     configure_targets,
     insert_cart,
+    marketing_suite,
     place_order,
 )
 
@@ -149,8 +149,8 @@ def test_refused_carts_are_purged_after_the_configured_days(engine: sa.Engine) -
         claim = Claim.new(now, timedelta(minutes=5))
         queries.claim_carts(conn, ["refused"], cutoff=EPOCH, claim=claim)
         queries.reject(conn, "refused", claim_id=claim.id, now=now, reason="HTTP 400")
-    later = context(engine, clock=lambda: now + timedelta(days=31))
-    assert steps.purge_refused(context(engine), 30) == 0
+    later = cart_context(engine, clock=lambda: now + timedelta(days=31))
+    assert steps.purge_refused(cart_context(engine), 30) == 0
     assert steps.purge_refused(later, 30) == 1
     assert cart(engine, "refused") is None
 
@@ -171,23 +171,6 @@ def test_a_suite_that_is_down_fails_the_run_and_keeps_every_cart(
     with engine.connect() as conn:
         assert conn.execute(sa.select(cart_activity.c.claim_id)).scalars().all() == [None] * 3
     assert set(carts_sent(marketing)) == {"abandoned"}  # the batch stopped at the first
-
-
-def context(engine: sa.Engine, **changes: object) -> CartContext:
-    now = datetime.now(UTC)
-    params = CartParams(
-        as_of=now, dry_run=False, batch_size=50, deadline=now + timedelta(minutes=5)
-    )
-    return CartContext(engine=engine, params=params, lease=timedelta(minutes=15), **changes)  # type: ignore[arg-type]
-
-
-def suite(server: ScriptedHttpServer) -> MarketingSuite:
-    return MarketingSuite(
-        url=f"{server.url}{PATH}",
-        secret=SECRET.encode(),
-        timeout_seconds=5,
-        retry=RetryPolicy(attempts=3, first_delay=0.05, budget=1),
-    )
 
 
 def when_first_request_arrives(server: ScriptedHttpServer, action: Callable[[], None]) -> Thread:
@@ -223,7 +206,9 @@ def test_orders_placed_after_the_claim_are_not_reported(
             )
 
     thread = when_first_request_arrives(http_server, shop_moves)
-    report = steps.expire_batch(context(engine), suite(http_server), after=None, limit=10)
+    report = steps.expire_batch(
+        cart_context(engine), marketing_suite(http_server), after=None, limit=10
+    )
     thread.join()
 
     assert carts_sent(http_server) == ["first"]
@@ -245,9 +230,11 @@ def test_a_crash_after_sending_resends_with_the_same_key(
         (row,) = queries.claim_carts(conn, ["in-flight"], cutoff=EPOCH, claim=crashed)
     rules_cart = rules.abandoned_cart(row.cart_id, row.customer_id, row.product_ids, row.expires_at)
     assert rules_cart is not None
-    suite(http_server).report(rules_cart)  # what the crashed run got out
+    marketing_suite(http_server).report(rules_cart)  # what the crashed run got out
 
-    report = steps.expire_batch(context(engine), suite(http_server), after=None, limit=10)
+    report = steps.expire_batch(
+        cart_context(engine), marketing_suite(http_server), after=None, limit=10
+    )
 
     assert report.counts == Counter(reported=1)
     first, second = http_server.received("POST", PATH)
@@ -270,7 +257,9 @@ def test_two_runs_at_once_report_each_cart_once(
         reported = 0
         after: Cursor | None = None
         while True:
-            report = steps.expire_batch(context(engine), suite(http_server), after=after, limit=7)
+            report = steps.expire_batch(
+                cart_context(engine), marketing_suite(http_server), after=after, limit=7
+            )
             reported += report.counts["reported"]
             if report.last is None:
                 return reported

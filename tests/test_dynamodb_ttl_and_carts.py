@@ -15,12 +15,10 @@ import sqlalchemy as sa
 from flows.abandoned_carts import abandoned_carts
 from flows.ttl_purge import ttl_purge
 from lifecycle.clients.dynamodb import CartStream, DynamoItems, DynamoTtl, open_dynamodb
-from lifecycle.clients.http import RetryPolicy
-from lifecycle.clients.marketing import MarketingSuite
 from lifecycle.db.schema import stream_checkpoints
 from lifecycle.errors import ConfigError, DependencyDown
 from lifecycle.processes.abandoned_carts import steps
-from lifecycle.processes.abandoned_carts.steps import CartContext, CartParams, StreamSource
+from lifecycle.processes.abandoned_carts.steps import StreamSource
 from lifecycle.settings import DynamoCartTable, Settings
 from tests.support.dynamodb import (
     REGION,
@@ -32,7 +30,12 @@ from tests.support.dynamodb import (
 )
 from tests.support.http_server import Reply, ScriptedHttpServer
 from tests.support.prefect_runs import run_events
-from tests.support.ttl import EPOCH, SECRET, configure_marketing
+from tests.support.ttl import (
+    EPOCH,
+    cart_context,
+    configure_marketing,
+    marketing_suite,
+)
 
 PATH = "/carts"
 DAY = 86_400
@@ -100,23 +103,6 @@ def test_ttl_on_another_attribute_or_a_missing_table_is_refused(aws_env: str) ->
 # --- abandoned carts: the stream ----------------------------------------------------------------
 
 
-def context(engine: sa.Engine) -> CartContext:
-    now = datetime.now(UTC)
-    params = CartParams(
-        as_of=now, dry_run=False, batch_size=50, deadline=now + timedelta(minutes=5)
-    )
-    return CartContext(engine=engine, params=params, lease=timedelta(minutes=15))
-
-
-def suite(server: ScriptedHttpServer) -> MarketingSuite:
-    return MarketingSuite(
-        url=f"{server.url}{PATH}",
-        secret=SECRET.encode(),
-        timeout_seconds=2,
-        retry=RetryPolicy(attempts=2, first_delay=0.01, budget=0.1),
-    )
-
-
 def read(engine: sa.Engine, endpoint: str, table: str, server: ScriptedHttpServer) -> Counter[str]:
     """Read the stream once; how many carts of each outcome."""
     source = StreamSource(
@@ -124,7 +110,9 @@ def read(engine: sa.Engine, endpoint: str, table: str, server: ScriptedHttpServe
         table=DynamoCartTable(table=table),
         page_size=2,  # several pages
     )
-    return steps.read_stream(context(engine), suite(server), source).counts
+    return steps.read_stream(
+        cart_context(engine), marketing_suite(server, attempts=2), source
+    ).counts
 
 
 def sent(server: ScriptedHttpServer) -> Counter[str]:
@@ -253,8 +241,8 @@ def test_sweep_deletes_only_an_unchanged_cart(
     thread = Thread(target=customer_returns)
     thread.start()
     report = steps.sweep_table(
-        context(engine),
-        suite(http_server),
+        cart_context(engine),
+        marketing_suite(http_server),
         items,
         DynamoCartTable(table=table),
         grace_seconds=3600,

@@ -10,8 +10,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from lifecycle.clients.http import RetryPolicy
+from lifecycle.clients.marketing import MarketingSuite
 from lifecycle.db.schema import attribute_index, attributes, cart_activity
+from lifecycle.processes.abandoned_carts.steps import CartContext, CartParams
 from tests.support.clock import NOW
+from tests.support.http_server import ScriptedHttpServer
 
 EPOCH = int(NOW.timestamp())
 SECRET = "marketing-shared-secret-0123456789"
@@ -110,3 +114,22 @@ def configure_targets(monkeypatch: pytest.MonkeyPatch, targets: list[dict[str, A
 
 def later(seconds: float) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def cart_context(engine: sa.Engine, **changes: Any) -> CartContext:
+    """A run's context for the abandoned-cart steps: now, 5 minutes to go, 15-minute leases."""
+    now = datetime.now(UTC)
+    params = CartParams(
+        as_of=now, dry_run=False, batch_size=50, deadline=now + timedelta(minutes=5)
+    )
+    return CartContext(engine=engine, params=params, lease=timedelta(minutes=15), **changes)
+
+
+def marketing_suite(server: ScriptedHttpServer, *, attempts: int = 3) -> MarketingSuite:
+    """The real client, pointed at the scripted server's ``/carts``, with short retries."""
+    return MarketingSuite(
+        url=f"{server.url}/carts",
+        secret=SECRET.encode(),
+        timeout_seconds=2,
+        retry=RetryPolicy(attempts=attempts, first_delay=0.01, budget=0.5),
+    )

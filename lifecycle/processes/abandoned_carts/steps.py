@@ -267,85 +267,84 @@ def read_stream(
         if shard.parent_id in present and shard.parent_id not in finished:
             report.counts["shards_waiting_for_parent"] += 1
             continue
-        if _read_shard(ctx, suite, source, arn, shard, known[shard.id], report):
+        reader = _ShardReader(ctx, suite, source, arn, shard, known[shard.id], report)
+        if reader.read():
             finished.add(shard.id)
     return report
 
 
-def _read_shard(
-    ctx: CartContext,
-    suite: MarketingSuite | None,
-    source: StreamSource,
-    arn: str,
-    shard: Shard,
-    point: Checkpoint,
-    report: BatchReport,
-) -> bool:
-    """Read one shard under a lease (a dry run only counts); True when it is finished."""
-    if ctx.params.dry_run:
-        return _walk_shard(ctx, None, source, arn, shard, point, report, None)
-    claim = Claim.new(ctx.clock(), ctx.lease)
-    with ctx.engine.begin() as conn:
-        if not queries.claim_shard(conn, point.id, claim=claim):
-            report.counts["shards_busy"] += 1  # another run is reading it
+@dataclass
+class _ShardReader:
+    """Reads one shard from its checkpoint: under a lease, sending and checkpointing as it
+    goes, or (a dry run, ``suite`` None) only counting."""
+
+    ctx: CartContext
+    suite: MarketingSuite | None
+    source: StreamSource
+    arn: str
+    shard: Shard
+    point: Checkpoint
+    report: BatchReport
+    claim: Claim | None = None
+
+    def read(self) -> bool:
+        """True when the shard is finished (closed and read to its end)."""
+        if self.ctx.params.dry_run:
+            return self._walk()
+        claim = self.claim = Claim.new(self.ctx.clock(), self.ctx.lease)
+        with self.ctx.engine.begin() as conn:
+            if not queries.claim_shard(conn, self.point.id, claim=claim):
+                self.report.counts["shards_busy"] += 1  # another run is reading it
+                return False
+        try:
+            return self._walk()
+        except StreamTrimmed as exc:
+            self.report.fail(f"shard:{self.shard.id}", "stream", exc)
+            with self.ctx.engine.begin() as conn:
+                queries.restart_shard(conn, self.point.id, claim_id=claim.id, now=self.ctx.clock())
             return False
-    try:
-        return _walk_shard(ctx, suite, source, arn, shard, point, report, claim)
-    except StreamTrimmed as exc:
-        report.fail(f"shard:{shard.id}", "stream", exc)
-        with ctx.engine.begin() as conn:
-            queries.restart_shard(conn, point.id, claim_id=claim.id, now=ctx.clock())
-        return False
-    finally:
-        with ctx.engine.begin() as conn:
-            queries.release_shard(conn, point.id, claim_id=claim.id)
+        finally:
+            with self.ctx.engine.begin() as conn:
+                queries.release_shard(conn, self.point.id, claim_id=claim.id)
 
+    def _walk(self) -> bool:
+        breaker = Breaker("marketing suite")
+        empty = 0
+        pages = self.source.stream.pages(
+            self.arn, self.shard.id, self.point.sequence_number, limit=self.source.page_size
+        )
+        for page in pages:
+            for record in page.records:
+                cart = rules.from_stream_record(record, self.source.table)
+                if cart is None:
+                    self.report.counts["stream_ignored"] += 1
+                elif self.suite is None:
+                    self.report.counts["would_report"] += 1
+                elif deliver(self.ctx, self.suite, cart, self.report, breaker) is Delivery.FAILED:
+                    return False  # not past this record: the next run tries it again
+                elif not self._checkpoint(sequence_number(record)):
+                    return False  # the lease went to another run
+            last = sequence_number(page.records[-1]) if page.records else None
+            if not self._checkpoint(last, finished=page.closed) or page.closed:
+                return page.closed
+            empty = 0 if page.records else empty + 1
+            if empty >= EMPTY_PAGES or self.ctx.out_of_time():
+                return False
+        return True
 
-def _walk_shard(
-    ctx: CartContext,
-    suite: MarketingSuite | None,
-    source: StreamSource,
-    arn: str,
-    shard: Shard,
-    point: Checkpoint,
-    report: BatchReport,
-    claim: Claim | None,
-) -> bool:
-    """Pages of the shard from the checkpoint; with a claim, send and checkpoint as we go."""
-    breaker = Breaker("marketing suite")
-    empty = 0
-
-    def checkpoint(sequence: str | None, finished: bool = False) -> bool:
-        if claim is None:
+    def _checkpoint(self, sequence: str | None, finished: bool = False) -> bool:
+        """Save our position (and renew the lease); False when the shard is no longer ours."""
+        if self.claim is None:
             return True
-        with ctx.engine.begin() as conn:
+        with self.ctx.engine.begin() as conn:
             return queries.save_checkpoint(
                 conn,
-                point.id,
-                claim=claim,
+                self.point.id,
+                claim=self.claim,
                 sequence_number=sequence,
                 finished=finished,
-                now=ctx.clock(),
+                now=self.ctx.clock(),
             )
-
-    for page in source.stream.pages(arn, shard.id, point.sequence_number, limit=source.page_size):
-        for record in page.records:
-            cart = rules.from_stream_record(record, source.table)
-            if cart is None:
-                report.counts["stream_ignored"] += 1
-            elif suite is None:
-                report.counts["would_report"] += 1
-            elif deliver(ctx, suite, cart, report, breaker) is Delivery.FAILED:
-                return False  # not past this record: the next run tries it again
-            elif not checkpoint(sequence_number(record)):
-                return False  # the lease went to another run
-        last = sequence_number(page.records[-1]) if page.records else None
-        if not checkpoint(last, finished=page.closed) or page.closed:
-            return page.closed
-        empty = 0 if page.records else empty + 1
-        if empty >= EMPTY_PAGES or ctx.out_of_time():
-            return False
-    return True
 
 
 # --- DynamoDB: carts TTL has not removed yet ------------------------------------------------

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
 from lifecycle.common.paging import Cursor
@@ -358,42 +359,35 @@ def delete_expiry_page(
 ) -> tuple[int, Cursor | None]:
     """Delete the next ``limit`` expired rows in (expiry, row id) order after ``after``.
 
-    Rows another transaction holds are skipped (``SKIP LOCKED``) and left for the next run.
-    Returns how many went and the cursor of the last one (None when the walk is done).
+    Two statements in the caller's transaction: lock the page (``FOR UPDATE SKIP LOCKED``:
+    rows another transaction holds are skipped and left for the next run), then delete those
+    rows while still expired. The delete sees rows updated since the page was read, so a row
+    refreshed meanwhile stays. Returns how many went and where the next page starts (None
+    once a page came back short: the walk is done).
     """
     candidate = target.table.alias("candidate")
     expiry, row_id = candidate.c[target.expiry.name], candidate.c[target.row_id.name]
-    page = sa.select(row_id).where(target.expired(cutoff, candidate))
+    page = sa.select(expiry, row_id).where(target.expired(cutoff, candidate))
     if after is not None:
         position = sa.literal(target.cutoff(after.position), target.expiry.type)
         page = page.where(
             expiry >= position,
             sa.tuple_(expiry, row_id) > sa.tuple_(position, _row_id_value(target, after.id)),
         )
-    page = (
-        page.order_by(expiry, row_id).limit(limit).with_for_update(skip_locked=True, of=candidate)
-    )
+    page = page.order_by(expiry, row_id).limit(limit)
+    rows = conn.execute(page.with_for_update(skip_locked=True, of=candidate)).all()
+    if not rows:
+        return 0, None
+    ids = [row[1] for row in rows]
     if target.dialect == "postgresql":
-        chosen = target.row_id == sa.any_(sa.func.array(page.scalar_subquery()))
+        chosen = target.row_id == sa.any_(
+            sa.cast(sa.literal(ids, postgresql.ARRAY(sa.Text())), postgresql.ARRAY(Tid()))
+        )
     else:
-        chosen = target.row_id.in_(page.scalar_subquery())
-    gone = conn.execute(
-        sa.delete(target.table)
-        .where(chosen, target.expired(cutoff))
-        .returning(target.expiry, target.row_id)
-    ).all()
-    if len(gone) < limit:
-        return len(gone), None
-    last_expiry, last_id = max(gone, key=lambda row: (row[0], _sortable(target, row[1])))
-    return len(gone), Cursor(id=last_id, position=last_expiry)
-
-
-def _sortable(target: Target, row_id: Any) -> Any:
-    """A ctid ``(block,offset)`` as a tuple of numbers, so Python orders it as PostgreSQL does."""
-    if target.dialect == "postgresql":
-        block, offset = str(row_id).strip("()").split(",")
-        return int(block), int(offset)
-    return row_id
+        chosen = target.row_id.in_(ids)
+    deleted = conn.execute(sa.delete(target.table).where(chosen, target.expired(cutoff))).rowcount
+    last_expiry, last_id = rows[-1]
+    return deleted, (Cursor(id=last_id, position=last_expiry) if len(rows) == limit else None)
 
 
 # --- after the purge --------------------------------------------------------------------------

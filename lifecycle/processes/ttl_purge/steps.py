@@ -1,4 +1,4 @@
-"""The TTL purge's units of work: plan a target, purge a slice of it, vacuum it.
+"""The TTL purge's units of work: measure and plan a target, purge a slice of it.
 
 A slice runs SQL batches one after another, each in its own short transaction, until the
 target is done, the slice's time is up (so a Prefect task covers many batches, not one), or
@@ -244,7 +244,9 @@ class TargetResult(BaseModel):
     purged: int = 0
     orphans_purged: int = 0
     batches: int = 0
-    purge_seconds: float = 0.0
+    first_batch_at: datetime | None = None
+    last_batch_at: datetime | None = None
+    purge_seconds: float = 0.0  # from the start of the first batch to the end of the last
     vacuum_seconds: float | None = None
     finished: bool = True
     expired_after: int | None = None
