@@ -14,9 +14,10 @@ from rich.table import Table
 from lifecycle.clients.build import Clients
 from lifecycle.clients.dynamodb import DynamoTtl
 from lifecycle.db.engine import get_engine
-from lifecycle.db.migrate import upgrade
+from lifecycle.db.migrate import assert_current, upgrade
 from lifecycle.db.schema import attributes, users
 from lifecycle.demo_marketing import local_suite
+from lifecycle.errors import LifecycleError
 from lifecycle.processes.inactive_accounts.steps import SweepSummary
 from lifecycle.processes.ttl_purge.steps import backlogs
 from lifecycle.sample_data import seed as seed_users
@@ -112,10 +113,15 @@ def ttl_status(
     settings = _settings()
     now = datetime.now(UTC)
     engine = get_engine(settings.resolved_database_url)
+    try:
+        assert_current(engine)
+        found = backlogs(engine, settings.ttl_purge.targets, as_of=now, now=now)
+    except LifecycleError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     table = Table(title=f"TTL backlog at {now:%Y-%m-%d %H:%M:%S} UTC")
     for column in ("target", "table", "expired rows", "oldest expired", "rows", "size"):
         table.add_column(column, justify="left" if column in ("target", "table") else "right")
-    found = backlogs(engine, settings.ttl_purge.targets, as_of=now, now=now)
     for target in settings.ttl_purge.targets:
         backlog = found[target.name]
         age = backlog.oldest_age_seconds

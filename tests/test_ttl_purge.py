@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import count
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 from flows.ttl_purge import ttl_purge
 from lifecycle.cli import app
 from lifecycle.common.paging import Cursor
+from lifecycle.db.engine import get_engine
 from lifecycle.db.schema import attribute_index, attributes
 from lifecycle.errors import ConfigError
 from lifecycle.processes.ttl_purge import queries, steps
@@ -309,3 +312,15 @@ def test_index_entries_keep_their_attribute(engine: sa.Engine) -> None:
     assert report.counts["orphans_purged"] == 1
     assert names(engine, attribute_index) == {"same"}
     assert names(engine, attributes) == {"n0"}
+
+
+def test_ttl_status_on_an_unmigrated_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in list(os.environ):
+        if key.startswith("LIFECYCLE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("LIFECYCLE_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    result = CliRunner().invoke(app, ["ttl-status"])
+    assert result.exit_code == 2 and "lifecycle migrate" in result.output
+    get_engine.cache_clear()

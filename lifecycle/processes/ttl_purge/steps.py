@@ -195,9 +195,22 @@ class _Slice:
         self.record(deleted)
 
     def index_batch(self, after: Cursor | None) -> Cursor | None:
+        """Delete one page of the index walk; the cursor of the next one, if any."""
+        try:
+            return self._delete_page(after, skip_locked=False)
+        except sa.exc.OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
+            self.report.totals["lock_fallbacks"] += 1  # the application holds a row here
+            return self._delete_page(after, skip_locked=True)
+
+    def _delete_page(self, after: Cursor | None, *, skip_locked: bool) -> Cursor | None:
         with self.ctx.engine.begin() as conn:
+            if not queries.lock_range(conn, self.target, queries.INDEX_WALK, self.ctx.lock_wait_ms):
+                self.report.counts["target_busy"] += 1  # another run walks it: leave it to it
+                return None
             count, last = queries.delete_expiry_page(
-                conn, self.target, self.cutoff, after, self.plan.batch_size
+                conn, self.target, self.cutoff, after, self.plan.batch_size, skip_locked=skip_locked
             )
         self.record(Deleted(expired=count))
         return last
