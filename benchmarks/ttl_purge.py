@@ -242,12 +242,10 @@ class Latency:
         )
 
 
-def latency(samples: list[tuple[float, float]], start: float, end: float) -> Latency:
-    """Updates that overlapped the window ``[start, end]``."""
-    window = sorted(s for at, s in samples if at <= end and at + s >= start)
-    if not window:
+def latency(seconds: list[float]) -> Latency:
+    if not seconds:
         return Latency(0, 0.0, 0.0, 0.0)
-    ms = [s * 1000 for s in window]
+    ms = sorted(s * 1000 for s in seconds)
     p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
     return Latency(len(ms), statistics.median(ms), p99, ms[-1])
 
@@ -256,35 +254,72 @@ def latency(samples: list[tuple[float, float]], start: float, end: float) -> Lat
 
 
 @dataclass(frozen=True)
-class Case:
-    label: str
+class Run:
+    """One measurement on one fresh copy."""
+
     deleted: int
     seconds: float  # the purge itself
-    writer: Latency
+    writer: list[float]  # seconds of each update that overlapped the purge
     expired_left: int
     fresh_before: int
     fresh_after: int
-    note: str = ""
+    note: str
+
+
+@dataclass(frozen=True)
+class Case:
+    """The same measurement repeated: medians of time and rate, the writer's updates pooled
+    (so its max is the worst of all runs)."""
+
+    label: str
+    runs: list[Run]
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(run.seconds for run in self.runs)
 
     @property
     def rows_per_second(self) -> float:
-        return self.deleted / self.seconds if self.seconds else 0.0
+        return statistics.median(run.deleted / run.seconds for run in self.runs if run.seconds)
+
+    @property
+    def writer(self) -> Latency:
+        return latency([s for run in self.runs for s in run.writer])
+
+    @property
+    def fresh_kept(self) -> bool:
+        return all(run.fresh_after == run.fresh_before for run in self.runs)
 
     def show(self) -> None:
+        each = ", ".join(f"{run.seconds:.2f}" for run in self.runs)
         print(
-            f"  {self.label}: {self.deleted:,} rows in {self.seconds:.2f} s = "
-            f"{self.rows_per_second:,.0f} rows/s; {self.writer.line()}"
+            f"  {self.label}: {self.runs[0].deleted:,} rows in {self.seconds:.2f} s (median of "
+            f"{each}) = {self.rows_per_second:,.0f} rows/s; {self.writer.line()}"
         )
+        left = max(run.expired_left for run in self.runs)
+        note = self.runs[-1].note
         print(
-            f"    expired left: {self.expired_left:,}; rows not expired: {self.fresh_before:,} "
-            f"before, {self.fresh_after:,} after{'; ' + self.note if self.note else ''}"
+            f"    expired left (at most): {left:,}; rows not expired kept: {self.fresh_kept}"
+            f"{'; ' + note if note else ''}"
         )
 
 
 Purge = Callable[[str, str], tuple[int, float, float, str]]  # -> deleted, start, end, note
 
 
-def run_case(pg: Postgres, template: str, label: str, rows: int, purge: Purge | None) -> Case:
+def measure(
+    pg: Postgres, template: str, rows: int, cases: dict[str, Purge | None], repeat: int
+) -> dict[str, Case]:
+    """Each case ``repeat`` times, taking turns (so a change in the machine's load falls on
+    all of them alike)."""
+    runs: dict[str, list[Run]] = {label: [] for label in cases}
+    for _ in range(repeat):
+        for label, purge in cases.items():
+            runs[label].append(run_once(pg, template, rows, purge))
+    return {label: Case(label, found) for label, found in runs.items()}
+
+
+def run_once(pg: Postgres, template: str, rows: int, purge: Purge | None) -> Run:
     """On a fresh copy of ``template``: warm it, start the writer, purge, collect."""
     name = pg.create(f"bench_ttl_{uuid.uuid4().hex[:8]}", template=template)
     conninfo = pg.conninfo(name)
@@ -300,16 +335,8 @@ def run_case(pg: Postgres, template: str, label: str, rows: int, purge: Purge | 
                 deleted, start, end, note = purge(conninfo, pg.sqlalchemy_url(name))
             samples = writer.samples()
         expired_left, fresh_after = counts(conninfo)
-        return Case(
-            label,
-            deleted,
-            end - start,
-            latency(samples, start, end),
-            expired_left,
-            fresh_before,
-            fresh_after,
-            note,
-        )
+        during = [s for at, s in samples if at <= end and at + s >= start]
+        return Run(deleted, end - start, during, expired_left, fresh_before, fresh_after, note)
     finally:
         pg.drop(name)
 
@@ -411,16 +438,18 @@ def load() -> str:
 
 
 def check_correctness(verdicts: Verdicts, case: Case) -> None:
+    run = case.runs[0]
     verdicts.check(
         f"{case.label}: no row that was not expired deleted",
-        case.fresh_after == case.fresh_before,
-        f"{case.fresh_before:,} before, {case.fresh_after:,} after",
+        case.fresh_kept,
+        f"{run.fresh_before:,} rows not expired before, the same after in every run",
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ttl-purge flow vs the single DELETE.")
     parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement")
     args = parser.parse_args(argv)
 
     if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
@@ -431,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ["LIFECYCLE_DATA_DIR"] = tempfile.mkdtemp(prefix="bench-ttl-data-")
+    # The data set's expiries go back 30 days: not an alert here.
+    os.environ["LIFECYCLE_TTL_PURGE__BACKLOG_ALERT_AGE_SECONDS"] = str(60 * 86_400)
 
     print(f"load at start: {load()}")
     pg = Postgres(os.environ.get("LIFECYCLE_BENCH_POSTGRES_URL", DEFAULT_ADMIN_URL))
@@ -444,23 +475,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  1%:  {build_dataset(pg, small, rows=args.rows, per_mille=10, now=now):.1f} s")
         print(f"  Prefect start-up (warm-up flow, not timed below): {warm_up_prefect():.1f} s")
 
-        print("\n50% expired")
-        alone = run_case(pg, half, "writer alone (no purge)", args.rows, None)
-        print(f"  writer alone: {alone.writer.line()}")
-        delete = run_case(pg, half, "single DELETE", args.rows, single_delete)
-        delete.show()
-        raw = run_case(pg, half, "our batches, no Prefect", args.rows, raw_batches)
-        raw.show()
-        flow = run_case(pg, half, "ttl-purge flow", args.rows, flow_purge)
-        flow.show()
+        print(f"\n50% expired ({args.repeat} runs of each, taking turns)")
+        half_cases = measure(
+            pg,
+            half,
+            args.rows,
+            {"writer alone": None, "single DELETE": single_delete,
+             "our batches, no Prefect": raw_batches, "ttl-purge flow": flow_purge},
+            args.repeat,
+        )  # fmt: skip
+        alone, delete, raw, flow = half_cases.values()
+        print(f"  writer alone (no purge): {alone.writer.line()}")
+        for case in (delete, raw, flow):
+            case.show()
 
-        print("\n1% expired")
-        small_delete = run_case(pg, small, "single DELETE", args.rows, single_delete)
-        small_delete.show()
-        small_raw = run_case(pg, small, "our batches, no Prefect", args.rows, raw_batches)
-        small_raw.show()
-        small_flow = run_case(pg, small, "ttl-purge flow", args.rows, flow_purge)
-        small_flow.show()
+        print(f"\n1% expired ({args.repeat} runs of each, taking turns)")
+        small_cases = measure(
+            pg,
+            small,
+            args.rows,
+            {"single DELETE": single_delete, "our batches, no Prefect": raw_batches,
+             "ttl-purge flow": flow_purge},
+            args.repeat,
+        )  # fmt: skip
+        small_delete, small_raw, small_flow = small_cases.values()
+        for case in (small_delete, small_raw, small_flow):
+            case.show()
 
         print()
         ratio = flow.rows_per_second / delete.rows_per_second

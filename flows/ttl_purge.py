@@ -101,6 +101,7 @@ def _purge(params: PurgeParams, planned: PlannedTarget, total: BatchReport) -> T
         target=plan.target,
         strategy=plan.strategy.value if plan.strategy else "action:abandoned-cart",
         expired_before=backlog.expired,
+        oldest_age_before_seconds=backlog.oldest_age_seconds,
     )
     if params.dry_run and plan.strategy is not None:
         total.counts["would_purge"] += backlog.expired

@@ -161,10 +161,17 @@ def publish_monitoring(results: list[TargetResult], dynamodb: list[dict[str, obj
     if dynamodb:
         publish_table("ttl-purge-dynamodb", "TTL purge: DynamoDB tables", dynamodb)
     for result in results:
-        remaining = result.expired_after if result.expired_after is not None else 0
-        age = result.oldest_age_seconds or 0
-        if remaining > config.backlog_alert_rows or age > config.backlog_alert_age_seconds:
-            _alert(f"lifecycle.ttl-target.{result.target}", result.target, remaining, age, settings)
+        if result.over(
+            rows=config.backlog_alert_rows, age_seconds=config.backlog_alert_age_seconds
+        ):
+            age = max(result.oldest_age_before_seconds or 0, result.oldest_age_seconds or 0)
+            _alert(
+                f"lifecycle.ttl-target.{result.target}",
+                result.target,
+                result.expired_after or 0,
+                age,
+                settings,
+            )
     for table in dynamodb:
         expired = int(str(table["expired_items"]))
         if int(str(table["overdue_items"])) or expired > config.backlog_alert_rows:

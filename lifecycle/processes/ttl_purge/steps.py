@@ -254,6 +254,7 @@ class TargetResult(BaseModel):
     target: str
     strategy: str
     expired_before: int
+    oldest_age_before_seconds: int | None = None
     purged: int = 0
     orphans_purged: int = 0
     batches: int = 0
@@ -263,9 +264,16 @@ class TargetResult(BaseModel):
     vacuum_seconds: float | None = None
     finished: bool = True
     expired_after: int | None = None
-    oldest_age_seconds: int | None = None
+    oldest_age_seconds: int | None = None  # after the run
     rows: int | None = None
     table_bytes: int | None = None
+
+    def over(self, *, rows: int, age_seconds: int) -> bool:
+        """The purge is not keeping up: too many rows still expired after the run, or rows
+        that were already too old when it began (rows a run merely missed, because a writer
+        moved them behind its walk, go in the next run and do not count)."""
+        remaining = self.expired_after or 0
+        return remaining > rows or (self.oldest_age_before_seconds or 0) > age_seconds
 
     @property
     def rows_per_second(self) -> float | None:
