@@ -290,13 +290,15 @@ def _in_range(target: Target, table: sa.FromClause, start: int, end: int) -> Col
 INDEX_WALK = 2**31 - 1
 
 
-def lock_range(conn: sa.Connection, target: Target, start: int, lock_wait_ms: int) -> bool:
-    """Take a block range (or, with ``INDEX_WALK``, the index walk) for this transaction;
-    False when another run is on it right now.
+def start_batch(conn: sa.Connection, target: Target, start: int, lock_wait_ms: int) -> bool:
+    """Set up a batch's transaction and take its block range (or, with ``INDEX_WALK``, the
+    index walk); False when another run is on it right now.
 
     PostgreSQL: a transaction-scoped advisory lock per (table, first block), so two runs never
-    work on the same rows at once, and a short ``lock_timeout`` for rows the application
-    holds. SQLite has one writer at a time anyway.
+    work on the same rows at once; a short ``lock_timeout`` for rows the application holds;
+    and ``synchronous_commit = off``, so a batch does not wait for its WAL to reach the disk
+    (a crash can undo the last fraction of a second of purging, which the next run redoes).
+    SQLite has one writer at a time anyway.
     """
     if target.dialect != "postgresql":
         return True
@@ -304,6 +306,7 @@ def lock_range(conn: sa.Connection, target: Target, start: int, lock_wait_ms: in
         conn.execute(
             sa.text(
                 "SELECT set_config('lock_timeout', :wait, true) IS NOT NULL "
+                "AND set_config('synchronous_commit', 'off', true) IS NOT NULL "
                 "AND pg_try_advisory_xact_lock(hashtext(:space), :start)"
             ),
             {
