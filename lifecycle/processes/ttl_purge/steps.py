@@ -206,7 +206,9 @@ class _Slice:
 
     def _delete_page(self, after: Cursor | None, *, skip_locked: bool) -> Cursor | None:
         with self.ctx.engine.begin() as conn:
-            if not queries.start_batch(conn, self.target, queries.INDEX_WALK, self.ctx.lock_wait_ms):
+            if not queries.start_batch(
+                conn, self.target, queries.INDEX_WALK, self.ctx.lock_wait_ms
+            ):
                 self.report.counts["target_busy"] += 1  # another run walks it: leave it to it
                 return None
             count, last = queries.delete_expiry_page(
