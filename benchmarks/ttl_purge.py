@@ -297,11 +297,10 @@ class Case:
             f"{each}) = {self.rows_per_second:,.0f} rows/s; {self.writer.line()}"
         )
         left = max(run.expired_left for run in self.runs)
-        note = self.runs[-1].note
-        print(
-            f"    expired left (at most): {left:,}; rows not expired kept: {self.fresh_kept}"
-            f"{'; ' + note if note else ''}"
-        )
+        print(f"    expired left (at most): {left:,}; rows not expired kept: {self.fresh_kept}")
+        for number, run in enumerate(self.runs, start=1):
+            if run.note:
+                print(f"    run {number}: {run.note}")
 
 
 Purge = Callable[[str, str], tuple[int, float, float, str]]  # -> deleted, start, end, note
@@ -378,7 +377,10 @@ def raw_batches(_conninfo: str, url: str) -> tuple[int, float, float, str]:
         after = report.last
     engine.dispose()
     assert total.first_batch_at is not None and total.last_batch_at is not None
-    note = f"{plan.strategy} walk, {total.totals['batches']} batches"
+    note = (
+        f"{plan.strategy} walk, {total.totals['batches']} batches (longest "
+        f"{total.longest_batch * 1000:.0f} ms, {total.totals['lock_fallbacks']} lock fallbacks)"
+    )
     return total.counts["purged"], total.first_batch_at, total.last_batch_at, note
 
 
@@ -396,7 +398,8 @@ def flow_purge(_conninfo: str, url: str) -> tuple[int, float, float, str]:
     get_engine(url).dispose()
     rest = whole - result.purge_seconds - (result.vacuum_seconds or 0)
     note = (
-        f"{result.strategy} walk, {result.batches} batches; flow run {whole:.2f} s in all: "
+        f"{result.strategy} walk, {result.batches} batches (longest {result.longest_batch_ms:.0f} "
+        f"ms); flow run {whole:.2f} s in all: "
         f"VACUUM {result.vacuum_seconds or 0:.2f} s, planning/measures/artifacts {rest:.2f} s"
     )
     return (

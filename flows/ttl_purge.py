@@ -129,6 +129,7 @@ def _purge(params: PurgeParams, planned: PlannedTarget, total: BatchReport) -> T
     result.orphans_purged = report.counts["orphans_purged"]
     result.batches = report.totals["batches"]
     result.purge_seconds = round(report.seconds, 3)
+    result.longest_batch_ms = round(report.longest_batch * 1000, 1)
     if report.first_batch_at is not None and report.last_batch_at is not None:
         result.first_batch_at = datetime.fromtimestamp(report.first_batch_at, UTC)
         result.last_batch_at = datetime.fromtimestamp(report.last_batch_at, UTC)

@@ -78,11 +78,13 @@ class PurgeReport(BatchReport):
 
     first_batch_at: float | None = None
     last_batch_at: float | None = None
+    longest_batch: float = 0.0  # seconds: the longest a writer could wait for one of our rows
 
     def batch_ran(self, started: float, ended: float) -> None:
         self.totals["batches"] += 1
         self.first_batch_at = started if self.first_batch_at is None else self.first_batch_at
         self.last_batch_at = ended
+        self.longest_batch = max(self.longest_batch, ended - started)
 
     def merge(self, other: BatchReport) -> None:
         super().merge(other)
@@ -90,6 +92,7 @@ class PurgeReport(BatchReport):
             if self.first_batch_at is None:
                 self.first_batch_at = other.first_batch_at
             self.last_batch_at = other.last_batch_at
+            self.longest_batch = max(self.longest_batch, other.longest_batch)
 
     @property
     def seconds(self) -> float:
@@ -263,6 +266,7 @@ class TargetResult(BaseModel):
     first_batch_at: datetime | None = None
     last_batch_at: datetime | None = None
     purge_seconds: float = 0.0  # from the start of the first batch to the end of the last
+    longest_batch_ms: float = 0.0
     vacuum_seconds: float | None = None
     finished: bool = True
     expired_after: int | None = None
