@@ -324,3 +324,13 @@ def test_ttl_status_on_an_unmigrated_database(
     result = CliRunner().invoke(app, ["ttl-status"])
     assert result.exit_code == 2 and "lifecycle migrate" in result.output
     get_engine.cache_clear()
+
+
+def test_index_walk_through_many_rows_sharing_one_expiry(engine: sa.Engine) -> None:
+    """Rows with the same expiry are still taken a batch at a time (the walk's key is the
+    expiry and the row's physical id), and every one of them goes."""
+    insert_attributes(engine, [EXPIRED] * 25 + [FRESH] * 5)
+    target = resolved(engine, "attributes", strategy="index")
+    report = purge_all(engine, target, steps.PurgePlan("attributes", steps.Strategy.INDEX, 10))
+    assert report.counts["purged"] == 25 and report.totals["batches"] == 3
+    assert len(names(engine)) == 5

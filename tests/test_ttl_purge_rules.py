@@ -18,7 +18,7 @@ from lifecycle.processes.ttl_purge.rules import (
     cutoff,
     expiry_instant,
 )
-from lifecycle.processes.ttl_purge.steps import select_targets
+from lifecycle.processes.ttl_purge.steps import TargetResult, select_targets
 from lifecycle.settings import DynamoCartTable, TtlPurgeSettings
 
 AS_OF = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -186,3 +186,26 @@ def test_stream_records_that_are_abandoned_carts(record: dict[str, Any], reporte
     assert (cart is not None) is reported
     if cart is not None:
         assert cart == AbandonedCart("cart-9", "c-9", ("SKU-1", "SKU-2"), 1_700_000_000)
+
+
+@pytest.mark.parametrize(
+    ("after", "age_before", "alert"),
+    [
+        (0, 60, False),
+        (11, 60, True),  # the run left too many
+        (3, 4000, True),  # a row was already too old when the run began
+        (3, None, False),
+    ],
+)
+def test_alert_when_the_purge_is_not_keeping_up(
+    after: int, age_before: int | None, alert: bool
+) -> None:
+    result = TargetResult(
+        target="t",
+        strategy="index",
+        expired_before=20,
+        oldest_age_before_seconds=age_before,
+        expired_after=after,
+        oldest_age_seconds=10**6,  # rows a writer moved behind the walk: next run's work
+    )
+    assert result.over(rows=10, age_seconds=3600) is alert
