@@ -13,6 +13,7 @@ from lifecycle.common.batch import BatchReport, resolve_as_of
 from lifecycle.common.paging import Cursor, each_page
 from lifecycle.processes.abandoned_carts.steps import CartParams
 from lifecycle.processes.ttl_purge.steps import (
+    DynamoResult,
     PlannedTarget,
     PurgeParams,
     PurgeReport,
@@ -61,7 +62,7 @@ def ttl_purge(
     started = datetime.now(UTC)
     total = PurgeReport()
     results: list[TargetResult] = []
-    dynamodb: list[dict[str, object]] = []
+    dynamodb: list[DynamoResult] = []
     as_used = started
     try:
         params = PurgeParams(

@@ -17,6 +17,7 @@ from lifecycle.db.migrate import assert_current
 from lifecycle.processes.ttl_purge import queries, steps
 from lifecycle.processes.ttl_purge.rules import Backlog, cutoff
 from lifecycle.processes.ttl_purge.steps import (
+    DynamoResult,
     PlannedTarget,
     PurgeContext,
     PurgeParams,
@@ -115,7 +116,7 @@ def measure_ttl_backlog(params: PurgeParams, names: list[str]) -> dict[str, Back
 
 
 @batch_task("check-dynamodb-ttl")
-def check_dynamodb_ttl(params: PurgeParams) -> list[dict[str, object]]:
+def check_dynamodb_ttl(params: PurgeParams) -> list[DynamoResult]:
     """Native TTL on each configured DynamoDB table: enabled if off (not in a dry run),
     verified, and the items it has not removed yet."""
     settings = get_settings()
@@ -125,30 +126,26 @@ def check_dynamodb_ttl(params: PurgeParams) -> list[dict[str, object]]:
     clients = Clients(settings)
     ttl = DynamoTtl(clients.dynamodb[0])
     now = datetime.now(UTC)
-    rows: list[dict[str, object]] = []
+    results: list[DynamoResult] = []
     for table in tables:
         state = ttl.ensure(table.table, table.attribute, enable=not params.dry_run)
         items = ttl.expired_items(table.table, table.attribute, now)
-        age = (
-            None
-            if items.oldest_expiry is None
-            else int((now - items.oldest_expiry).total_seconds())
+        oldest = items.oldest_expiry
+        results.append(
+            DynamoResult(
+                table=table.table,
+                ttl_status=state.status,
+                enabled_now=state.changed,
+                expired_items=items.expired,
+                overdue_items=items.overdue,
+                oldest_age_seconds=None if oldest is None else int((now - oldest).total_seconds()),
+                scanned_items=items.scanned,
+            )
         )
-        rows.append(
-            {
-                "table": table.table,
-                "ttl_status": state.status,
-                "enabled_now": state.changed,
-                "expired_items": items.expired,
-                "overdue_items": items.overdue,
-                "oldest_age_seconds": age,
-                "scanned_items": items.scanned,
-            }
-        )
-    return rows
+    return results
 
 
-def publish_monitoring(results: list[TargetResult], dynamodb: list[dict[str, object]]) -> None:
+def publish_monitoring(results: list[TargetResult], dynamodb: list[DynamoResult]) -> None:
     """The backlog table artifact, and one ``lifecycle.ttl.backlog`` event per target (or
     DynamoDB table) whose backlog crossed the configured thresholds."""
     settings = get_settings()
@@ -159,7 +156,8 @@ def publish_monitoring(results: list[TargetResult], dynamodb: list[dict[str, obj
     ]
     publish_table("ttl-purge-backlog", "TTL purge: backlog per target", rows)
     if dynamodb:
-        publish_table("ttl-purge-dynamodb", "TTL purge: DynamoDB tables", dynamodb)
+        tables = [table.model_dump() for table in dynamodb]
+        publish_table("ttl-purge-dynamodb", "TTL purge: DynamoDB tables", tables)
     for result in results:
         if result.over(
             rows=config.backlog_alert_rows, age_seconds=config.backlog_alert_age_seconds
@@ -173,14 +171,12 @@ def publish_monitoring(results: list[TargetResult], dynamodb: list[dict[str, obj
                 settings,
             )
     for table in dynamodb:
-        expired = int(str(table["expired_items"]))
-        if int(str(table["overdue_items"])) or expired > config.backlog_alert_rows:
-            age = int(str(table["oldest_age_seconds"] or 0))
+        if table.over(rows=config.backlog_alert_rows):
             _alert(
-                f"lifecycle.dynamodb-table.{table['table']}",
-                str(table["table"]),
-                expired,
-                age,
+                f"lifecycle.dynamodb-table.{table.table}",
+                table.table,
+                table.expired_items,
+                table.oldest_age_seconds or 0,
                 settings,
             )
 
@@ -197,5 +193,9 @@ def _alert(resource: str, name: str, expired: int, age: int, settings: Settings)
         },
     )
     get_run_logger().warning(
-        "%s: backlog over the threshold: %d expired, oldest %d s old", name, expired, age
+        "%s: the purge is not keeping up: %d expired rows left; the oldest seen was %d s past "
+        "its expiry",
+        name,
+        expired,
+        age,
     )

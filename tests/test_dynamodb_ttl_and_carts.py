@@ -76,18 +76,18 @@ def test_ttl_is_switched_on_verified_and_its_lag_watched(
 
     dry = ttl_purge(dry_run=True, targets=[])
     assert ttl_client(aws_env).describe(table).status == "DISABLED"  # a dry run changes nothing
-    assert dry.dynamodb[0]["ttl_status"] == "DISABLED"
+    assert dry.dynamodb[0].ttl_status == "DISABLED"
 
     state = ttl_purge(targets=[], return_state=True)
     (row,) = state.result().dynamodb
-    assert (row["ttl_status"], row["enabled_now"]) == ("ENABLED", True)
-    assert (row["expired_items"], row["overdue_items"], row["scanned_items"]) == (2, 1, 4)
+    assert (row.ttl_status, row.enabled_now) == ("ENABLED", True)
+    assert (row.expired_items, row.overdue_items, row.scanned_items) == (2, 1, 4)
     assert ttl_client(aws_env).describe(table).attribute == "ttl"
     (event,) = run_events(state.state_details.flow_run_id, prefix="lifecycle.ttl.backlog")
     assert event.resource.id == f"lifecycle.dynamodb-table.{table}"
 
     (again,) = ttl_purge(targets=[]).dynamodb
-    assert (again["ttl_status"], again["enabled_now"]) == ("ENABLED", False)
+    assert (again.ttl_status, again.enabled_now) == ("ENABLED", False)
 
 
 def test_ttl_on_another_attribute_or_a_missing_table_is_refused(aws_env: str) -> None:

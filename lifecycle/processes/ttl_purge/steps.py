@@ -287,9 +287,25 @@ class TargetResult(BaseModel):
         return removed / self.purge_seconds if self.purge_seconds > 0 else None
 
 
+class DynamoResult(BaseModel):
+    """A DynamoDB table's native TTL, and the expired items it has not removed yet."""
+
+    table: str
+    ttl_status: str
+    enabled_now: bool
+    expired_items: int
+    overdue_items: int  # expired longer ago than DynamoDB's usual 48 hours
+    oldest_age_seconds: int | None
+    scanned_items: int
+
+    def over(self, *, rows: int) -> bool:
+        """TTL is behind: items past the 48 hours, or too many expired ones."""
+        return self.overdue_items > 0 or self.expired_items > rows
+
+
 class PurgeSummary(RunSummary):
     """What one ttl-purge run did, per outcome and per target."""
 
     targets: list[TargetResult] = []
-    dynamodb: list[dict[str, object]] = []
+    dynamodb: list[DynamoResult] = []
     stopped_early: bool = False
