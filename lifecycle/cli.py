@@ -1,7 +1,9 @@
-"""Command line: ``lifecycle demo`` (the README's first command), ``migrate`` and ``seed``."""
+"""Command line: ``lifecycle demo`` (the README's first command), ``migrate``, ``seed`` and
+``ttl-status``."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import click
@@ -11,12 +13,16 @@ from rich.console import Console
 from rich.table import Table
 
 from lifecycle.clients.build import Clients
+from lifecycle.clients.dynamodb import DynamoTtl
 from lifecycle.db.engine import get_engine
-from lifecycle.db.migrate import upgrade
-from lifecycle.db.schema import users
+from lifecycle.db.migrate import assert_current, upgrade
+from lifecycle.db.schema import attributes, users
+from lifecycle.demo_marketing import local_suite
 from lifecycle.errors import LifecycleError
 from lifecycle.processes.inactive_accounts.steps import SweepSummary
+from lifecycle.processes.ttl_purge.steps import backlogs
 from lifecycle.sample_data import seed as seed_users
+from lifecycle.sample_data import seed_ttl
 from lifecycle.settings import Settings, get_settings
 
 app = typer.Typer(help="Data-lifecycle flows (Prefect).", no_args_is_help=True)
@@ -85,6 +91,119 @@ def demo() -> None:
         console.print(f"database: {settings.resolved_database_url}")
         console.print(f"storage:  {settings.resolved_storage_url}")
         console.print(f"outbox:   {settings.resolved_outbox_dir} (warning mails as .eml)")
+        _demo_ttl_and_carts(settings)
         return
     console.print(f"[red]run ended {state.type.value}: {result}[/red]")
     raise typer.Exit(1)
+
+
+# --- TTL purge and abandoned carts ----------------------------------------------------------
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "kB", "MB"):
+        if value < 1024:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+@app.command("ttl-status")
+def ttl_status(
+    dynamodb: bool = typer.Option(
+        False, "--dynamodb", help="Also scan the configured DynamoDB tables (reads them all)."
+    ),
+) -> None:
+    """Show each TTL purge target's backlog: rows expired but not purged yet, and how old."""
+    settings = get_settings()
+    now = datetime.now(UTC)
+    engine = get_engine(settings.resolved_database_url)
+    assert_current(engine)
+    found = backlogs(engine, settings.ttl_purge.targets, as_of=now, now=now)
+    table = Table(title=f"TTL backlog at {now:%Y-%m-%d %H:%M:%S} UTC")
+    for column in ("target", "table", "expired rows", "oldest expired", "rows", "size"):
+        table.add_column(column, justify="left" if column in ("target", "table") else "right")
+    for target in settings.ttl_purge.targets:
+        backlog = found[target.name]
+        age = backlog.oldest_age_seconds
+        table.add_row(
+            target.name,
+            target.table,
+            f"{backlog.expired:,}",
+            "-" if age is None else f"{age:,} s ago",
+            f"{backlog.rows:,}",
+            _size(backlog.table_bytes),
+        )
+    console.print(table)
+    if dynamodb and settings.ttl_purge.dynamodb_tables:
+        _dynamodb_status(settings, now)
+
+
+def _dynamodb_status(settings: Settings, now: datetime) -> None:
+    ttl = DynamoTtl(Clients(settings).dynamodb[0])
+    table = Table(title="DynamoDB native TTL")
+    for column in ("table", "TTL", "attribute", "expired, still there", "over 48 h"):
+        table.add_column(column)
+    for config in settings.ttl_purge.dynamodb_tables:
+        state = ttl.describe(config.table)
+        items = ttl.expired_items(config.table, config.attribute, now)
+        table.add_row(
+            config.table,
+            state.status,
+            str(state.attribute),
+            f"{items.expired:,}",
+            f"{items.overdue:,}",
+        )
+    console.print(table)
+
+
+def _demo_ttl_and_carts(settings: Settings) -> None:
+    """Seed attributes and carts on first run, then run ttl-purge and abandoned-carts against
+    a local marketing receiver (unless a real one is configured)."""
+    from flows.abandoned_carts import abandoned_carts
+    from flows.ttl_purge import ttl_purge
+
+    engine = get_engine(settings.resolved_database_url)
+    with engine.connect() as conn:
+        seeded = conn.execute(sa.select(sa.func.count()).select_from(attributes)).scalar_one()
+    if not seeded:
+        counts = seed_ttl(engine, now=datetime.now(UTC))
+        console.print(
+            f"seeded {counts['attributes']} attributes, {counts['index']} index entries and "
+            f"{counts['carts']} carts"
+        )
+    purge = ttl_purge(return_state=True).result(raise_on_failure=False)
+    _print_counts("ttl-purge", purge)
+    if settings.abandoned_carts.marketing_url:
+        _print_counts(
+            "abandoned-carts", abandoned_carts(return_state=True).result(raise_on_failure=False)
+        )
+        return
+    with local_suite(settings.data_dir) as suite:
+        os.environ["LIFECYCLE_ABANDONED_CARTS__MARKETING_URL"] = suite.url
+        os.environ["LIFECYCLE_ABANDONED_CARTS__MARKETING_SECRET"] = suite.secret
+        try:
+            carts = abandoned_carts(return_state=True).result(raise_on_failure=False)
+        finally:
+            del os.environ["LIFECYCLE_ABANDONED_CARTS__MARKETING_URL"]
+            del os.environ["LIFECYCLE_ABANDONED_CARTS__MARKETING_SECRET"]
+    _print_counts("abandoned-carts", carts)
+    console.print(f"marketing: {suite.inbox} (carts the local receiver accepted)")
+
+
+def _print_counts(flow_name: str, result: object) -> None:
+    counts = getattr(result, "counts", None)
+    if counts is None:
+        console.print(f"[red]{flow_name} failed: {result}[/red]")
+        raise typer.Exit(1)
+    table = Table(title=flow_name)
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    for outcome, count in sorted(counts.items()):
+        table.add_row(outcome, str(count))
+    if not counts:
+        table.add_row("nothing to do", "0")
+    console.print(table)

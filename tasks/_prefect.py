@@ -32,8 +32,8 @@ from lifecycle.clients.mail.backends import Mailer
 from lifecycle.clients.mail.message import OutgoingMail
 from lifecycle.clients.mail.pacing import PacedSender
 from lifecycle.common.batch import LOGGED_FAILURES, BatchReport, RunSummary
-from lifecycle.errors import ConfigError, is_retryable
-from lifecycle.settings import Settings
+from lifecycle.errors import ConfigError, RunFailed, is_retryable
+from lifecycle.settings import Settings, get_settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,30 +67,38 @@ def batch_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
     )
 
 
-def report_batch(report: BatchReport, events: Mapping[str, str]) -> BatchReport:
+def report_batch(
+    report: BatchReport, events: Mapping[str, str], *, subject_label: str = "accounts"
+) -> BatchReport:
     """Log the batch and emit one event per outcome in ``events`` (outcome -> event name).
 
     One event per batch, not per item: an event per account would cost the Prefect server
-    more than the work itself. The payload lists the items by pseudonym.
+    more than the work itself. The payload lists the items by pseudonym under
+    ``subject_label`` ("accounts", "customers", ...).
     """
     logger = get_run_logger()
     for outcome, event in events.items():
         subjects = report.subjects.get(outcome, [])
         if subjects:
-            emit_event(
-                event=event,
-                resource={
-                    "prefect.resource.id": f"lifecycle.batch.{task_run.get_id()}",
-                    "prefect.resource.name": task_run.get_name() or "batch",
-                },
-                payload={"count": len(subjects), "accounts": subjects},
-            )
+            emit_batch_event(event, {"count": len(subjects), subject_label: subjects})
     for failure in report.failures[:LOGGED_FAILURES]:
         logger.error("item %s failed at %s: %s", failure.subject[:16], failure.stage, failure.error)
     if len(report.failures) > LOGGED_FAILURES:
         logger.error("... and %d more failures", len(report.failures) - LOGGED_FAILURES)
     logger.info("batch: %s", dict(report.counts))
     return report
+
+
+def emit_batch_event(event: str, payload: dict[str, Any]) -> None:
+    """An event about the running task's batch (resource ``lifecycle.batch.<task run id>``)."""
+    emit_event(
+        event=event,
+        resource={
+            "prefect.resource.id": f"lifecycle.batch.{task_run.get_id()}",
+            "prefect.resource.name": task_run.get_name() or "batch",
+        },
+        payload=payload,
+    )
 
 
 # --- the kill switch ---------------------------------------------------------------------------
@@ -109,6 +117,15 @@ def deletions_paused(settings: Settings) -> bool:
     if value not in _ON | _OFF:
         raise ConfigError(f"Prefect variable {PAUSE_VARIABLE} must be true or false")
     return value in _ON
+
+
+@task(name="check-kill-switch", cache_policy=NO_CACHE)
+def kill_switch() -> bool:
+    """Whether deletions are paused, read once per run."""
+    paused = deletions_paused(get_settings())
+    if paused:
+        get_run_logger().warning("deletions are paused (kill switch): nothing is deleted")
+    return paused
 
 
 # --- the shared mail rate ---------------------------------------------------------------------
@@ -246,6 +263,13 @@ def paced_mail(settings: Settings, mailer: Mailer) -> Iterator[Callable[[Outgoin
             yield sender.send
 
 
+def conclude(summary: RunSummary, what: str, advice: str) -> None:
+    """Log the run's summary, and fail the run (:class:`RunFailed`) when items failed."""
+    get_run_logger().info("summary: %s", summary.line())
+    if summary.failed:
+        raise RunFailed(f"{summary.failed} {what} failed ({advice}). Summary: {summary.line()}")
+
+
 def publish_summary(process: str, title: str, summary: RunSummary) -> None:
     """The run's summary as a table artifact (outcome, count) in the Prefect UI.
 
@@ -256,3 +280,8 @@ def publish_summary(process: str, title: str, summary: RunSummary) -> None:
     run = (flow_run.get_id() or "local")[:8]
     key = f"{process}-{kind}-{summary.as_of:%Y%m%d-%H%M%S}-{run}"
     create_table_artifact(key=key, table=summary.rows(), description=f"{title}: {summary.line()}")
+
+
+def publish_table(key: str, description: str, rows: list[dict[str, Any]]) -> None:
+    """Any table (a list of rows with the same keys) as an artifact in the Prefect UI."""
+    create_table_artifact(key=key, table=rows, description=description)

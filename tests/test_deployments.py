@@ -62,6 +62,15 @@ DOCUMENTED_PARAMETERS = {
         "batch_size",
         "max_deletions",
     },
+    "ttl-purge": {"as_of", "dry_run", "targets", "max_runtime", "vacuum", "check_dynamodb"},
+    "abandoned-carts": {
+        "as_of",
+        "dry_run",
+        "batch_size",
+        "max_runtime",
+        "read_streams",
+        "sweep_dynamodb",
+    },
 }
 
 SECRET_PATTERNS = {

@@ -105,11 +105,25 @@ class HttpClient:
             follow_redirects=False,
         )
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send, retrying what is worth retrying; a 2xx or 3xx response, or an error."""
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        before_attempt: Callable[[int], None] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send, retrying what is worth retrying; a 2xx or 3xx response, or an error.
+
+        ``before_attempt(attempt)`` runs before every attempt (numbered from 1); whatever it
+        raises ends the call there, so a caller can re-check, right before each try, that the
+        request is still wanted.
+        """
         waited = 0.0
         for attempt in range(1, self._retry.attempts + 1):
             retry_after: float | None = None
+            if before_attempt is not None:
+                before_attempt(attempt)
             try:
                 response = self._client.request(method, path, **kwargs)
             except httpx.TransportError as exc:  # timeouts, refused or dropped connections

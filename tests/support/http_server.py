@@ -49,6 +49,7 @@ class ScriptedHttpServer(ThreadingHTTPServer):
         self.default = Reply(404, {"error": "not scripted"})
         self._replies: dict[tuple[str, str], deque[Reply]] = defaultdict(deque)
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._stopping = threading.Event()
         server = self
 
@@ -83,6 +84,11 @@ class ScriptedHttpServer(ThreadingHTTPServer):
                 and (path is None or r.path.split("?")[0] == path)
             ]
 
+    def wait_for_requests(self, count: int = 1, timeout: float = 10.0) -> bool:
+        """Block until ``count`` requests arrived (True), or ``timeout`` seconds passed."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: len(self.requests) >= count, timeout)
+
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
@@ -93,6 +99,7 @@ class ScriptedHttpServer(ThreadingHTTPServer):
             )
             queue = self._replies.get((handler.command, path))
             reply = queue.popleft() if queue else self.default
+            self._arrived.notify_all()
         if reply.hang:
             self._stopping.wait()
             return
