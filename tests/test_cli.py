@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.support.commands import run_lifecycle
 from tests.support.http_server import closed_port
-
-LIFECYCLE = Path(sys.executable).with_name("lifecycle")
-
-
-def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
-    return subprocess.run(
-        [str(LIFECYCLE), *args],
-        env={**clean, "COLUMNS": "200", **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_migrate_names_an_unreachable_database_without_its_password() -> None:
     url = f"postgresql://app:hunter2-secret@127.0.0.1:{closed_port()}/app"
-    result = run("migrate", LIFECYCLE_DATABASE_URL=url)
+    result = run_lifecycle("migrate", LIFECYCLE_DATABASE_URL=url)
     assert result.returncode == 2
     output = result.stdout + result.stderr
     assert "LIFECYCLE_DATABASE_URL" in output and "app:***@127.0.0.1" in output
@@ -34,7 +19,9 @@ def test_migrate_names_an_unreachable_database_without_its_password() -> None:
 
 
 def test_a_misspelt_variable_is_named(tmp_path: Path) -> None:
-    result = run("migrate", LIFECYCLE_DATA_DIR=str(tmp_path), LIFECYCLE_MAIL_BACKNED="ses")
+    result = run_lifecycle(
+        "migrate", LIFECYCLE_DATA_DIR=str(tmp_path), LIFECYCLE_MAIL_BACKNED="ses"
+    )
     assert result.returncode == 2
     assert "did you mean LIFECYCLE_MAIL_BACKEND?" in result.stdout
     assert not (tmp_path / "lifecycle.db").exists()  # refused before touching anything

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import count
@@ -16,7 +15,6 @@ from typer.testing import CliRunner
 from flows.ttl_purge import ttl_purge
 from lifecycle.cli import app
 from lifecycle.common.paging import Cursor
-from lifecycle.db.engine import get_engine
 from lifecycle.db.schema import attribute_index, attributes
 from lifecycle.errors import ConfigError
 from lifecycle.processes.ttl_purge import queries, steps
@@ -24,6 +22,7 @@ from lifecycle.processes.ttl_purge.queries import TargetError
 from lifecycle.processes.ttl_purge.rules import cutoff
 from lifecycle.processes.ttl_purge.steps import PurgeContext, PurgeReport, PurgeSummary
 from lifecycle.settings import PurgeTarget, Settings, TtlPurgeSettings
+from tests.support.commands import run_lifecycle
 from tests.support.prefect_runs import run_artifacts, run_events
 from tests.support.ttl import EPOCH, configure_targets, insert_attributes, insert_index, names
 
@@ -117,7 +116,8 @@ def test_flow_purges_reports_and_is_idempotent(
     assert by_target["attribute-index"].strategy == "blocks"  # orphans can be anywhere
     assert names(engine) == reference_data["attributes"]
     keys = {a.key for a in run_artifacts(state.state_details.flow_run_id)}
-    assert {"ttl-purge-summary", "ttl-purge-backlog"} <= keys
+    assert "ttl-purge-backlog" in keys
+    assert any((key or "").startswith("ttl-purge-run-") for key in keys)  # a summary of its own
 
     assert ttl_purge(check_dynamodb=False).counts == {}
 
@@ -240,7 +240,7 @@ def test_a_bad_target_stops_the_run_before_anything_is_deleted(
         state.result()
     assert len(names(engine)) == 40
     keys = {a.key for a in run_artifacts(state.state_details.flow_run_id)}
-    assert "ttl-purge-summary" in keys  # failed runs write their summary too
+    assert any((key or "").startswith("ttl-purge-run-") for key in keys)  # failed runs too
 
 
 def test_backlog_view_cli_and_alert_event_agree(
@@ -314,16 +314,12 @@ def test_index_entries_keep_their_attribute(engine: sa.Engine) -> None:
     assert names(engine, attributes) == {"n0"}
 
 
-def test_ttl_status_on_an_unmigrated_database(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for key in list(os.environ):
-        if key.startswith("LIFECYCLE_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("LIFECYCLE_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
-    result = CliRunner().invoke(app, ["ttl-status"])
-    assert result.exit_code == 2 and "lifecycle migrate" in result.output
-    get_engine.cache_clear()
+def test_ttl_status_on_an_unmigrated_database(tmp_path: Path) -> None:
+    result = run_lifecycle(
+        "ttl-status", LIFECYCLE_DATABASE_URL=f"sqlite:///{tmp_path / 'empty.db'}"
+    )
+    assert result.returncode == 2 and "lifecycle migrate" in result.stdout
+    assert not (tmp_path / "empty.db").exists()
 
 
 def test_index_walk_through_many_rows_sharing_one_expiry(engine: sa.Engine) -> None:
