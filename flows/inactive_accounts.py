@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from datetime import UTC, datetime
 from typing import Annotated
 
 from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
 from pydantic import Field, StrictBool, StrictInt
 
 from lifecycle.common.batch import BatchReport, resolve_as_of
-from lifecycle.common.paging import Cursor, each_page
+from lifecycle.common.paging import Cursor, KeyRange
 from lifecycle.common.params import Instant, titled
 from lifecycle.errors import RunAborted, RunFailed
 from lifecycle.processes.inactive_accounts.queries import DeletionQueue
 from lifecycle.processes.inactive_accounts.steps import SweepParams, SweepPlan, SweepSummary
-from tasks._prefect import publish_summary
+from tasks._prefect import publish_summary, walk_shards
 from tasks.inactive_accounts import delete_inactive_batch, preflight, warn_inactive_batch
 
 
@@ -33,6 +34,7 @@ def inactive_accounts(
     max_deletions: Annotated[StrictInt, Field(ge=0, le=10_000_000)] = titled(
         1000, "Most deletions allowed in one run"
     ),
+    shards: Annotated[StrictInt, Field(ge=1, le=16)] = titled(1, "Shards walked side by side"),
 ) -> SweepSummary:
     """Warn, then delete, inactive non-paying accounts; see README for the exact policy.
 
@@ -46,7 +48,11 @@ def inactive_accounts(
             than warn_after_days); the difference is the grace period after every warning.
         batch_size: Users per batch, one Prefect task each (1 to 10000).
         max_deletions: If more accounts than this are due deletion, refuse to run and change
-            nothing (0 to 10000000); raise it deliberately for a big backlog.
+            nothing (0 to 10000000); raise it deliberately for a big backlog. With shards it
+            is shared out evenly between them.
+        shards: Split the users into this many key ranges walked side by side (1 to 16); how
+            many batches really run at once is the task runner's business (threads by
+            default, processes with the Dask runner of flows/scale_out.py).
     """
     params = SweepParams(
         as_of=resolve_as_of(as_of, datetime.now(UTC)),
@@ -54,6 +60,7 @@ def inactive_accounts(
         warn_after_days=warn_after_days,
         delete_after_days=delete_after_days,
         batch_size=batch_size,
+        shards=shards,
     )
     logger = get_run_logger()
     logger.info("as_of=%s dry_run=%s", params.as_of.isoformat(), dry_run)
@@ -65,8 +72,12 @@ def inactive_accounts(
             total.counts["deletions_paused"] += plan.due.delete + plan.due.unfinished
         else:
             _refuse_over_budget(plan, max_deletions, dry_run)
-            batches += _delete_all(params, max_deletions, total)
-        batches += _warn_all(params, total)
+            batches += _delete_all(params, plan.shards, max_deletions, total)
+        batches += walk_shards(
+            lambda shard, after, _: warn_inactive_batch.submit(params, shard, after),
+            plan.shards,
+            total,
+        )
     finally:
         summary = SweepSummary.of(total, as_of=params.as_of, dry_run=dry_run, batches=batches)
         publish_summary("inactive-accounts", "Inactive-accounts sweep", summary)
@@ -116,34 +127,24 @@ def _fail_visibly(summary: SweepSummary) -> None:
         )
 
 
-def _delete_all(params: SweepParams, max_deletions: int, total: BatchReport) -> int:
-    """Finish unfinished deletions, then delete who is due, within ``max_deletions``."""
-
-    def budget() -> int:
-        return max_deletions - total.counts["deleted"] - total.counts["failed"]
-
-    def batch_of(queue: DeletionQueue) -> Callable[[Cursor | None], BatchReport]:
-        return lambda after: delete_inactive_batch(params, queue, after, budget())
-
-    batches = 0
-    for queue in DeletionQueue:
-        stop = (lambda: False) if params.dry_run else (lambda: budget() <= 0)
-        batches += _run_pages(batch_of(queue), total, stop)
-    return batches
-
-
-def _warn_all(params: SweepParams, total: BatchReport) -> int:
-    return _run_pages(lambda after: warn_inactive_batch(params, after), total)
-
-
-def _run_pages(
-    run_batch: Callable[[Cursor | None], BatchReport],
-    total: BatchReport,
-    stop: Callable[[], bool] = lambda: False,
+def _delete_all(
+    params: SweepParams, shards: list[KeyRange], max_deletions: int, total: BatchReport
 ) -> int:
-    """Run a walk's batches one after another into ``total``; returns how many ran."""
-    batches = 0
-    for report in each_page(run_batch, stop=stop):
-        total.merge(report)
-        batches += 1
-    return batches
+    """Finish unfinished deletions, then delete who is due; each shard deletes at most its
+    share of ``max_deletions``."""
+    shares = {shard: max_deletions // len(shards) for shard in shards}
+    shares[shards[0]] += max_deletions % len(shards)
+    so_far: dict[KeyRange, BatchReport] = {}
+
+    def submit(
+        queue: DeletionQueue, shard: KeyRange, after: Cursor | None, done: BatchReport
+    ) -> PrefectFuture[BatchReport] | None:
+        budget = shares[shard] - done.counts["deleted"] - done.counts["failed"]
+        if budget <= 0 and not params.dry_run:
+            return None
+        return delete_inactive_batch.submit(params, queue, shard, after, budget)
+
+    return sum(
+        walk_shards(functools.partial(submit, queue), shards, total, so_far)
+        for queue in DeletionQueue
+    )

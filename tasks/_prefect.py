@@ -23,6 +23,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import TaskRun
 from prefect.events import emit_event
 from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run, task_run
 from prefect.states import State
 from prefect.tasks import exponential_backoff
@@ -32,6 +33,7 @@ from lifecycle.clients.mail.backends import Mailer
 from lifecycle.clients.mail.message import OutgoingMail
 from lifecycle.clients.mail.pacing import PacedSender
 from lifecycle.common.batch import LOGGED_FAILURES, BatchReport, RunSummary
+from lifecycle.common.paging import Cursor, KeyRange
 from lifecycle.errors import ConfigError, RunFailed, is_retryable
 from lifecycle.settings import Settings, get_settings
 
@@ -99,6 +101,46 @@ def emit_batch_event(event: str, payload: dict[str, Any]) -> None:
         },
         payload=payload,
     )
+
+
+#: Starts a shard's next batch from where it stands (``None``: the shard is done).
+SubmitBatch = Callable[[KeyRange, Cursor | None, BatchReport], PrefectFuture[BatchReport] | None]
+
+
+def walk_shards(
+    submit: SubmitBatch,
+    shards: list[KeyRange],
+    total: BatchReport,
+    so_far: dict[KeyRange, BatchReport] | None = None,
+) -> int:
+    """Walk every shard page by page, the shards side by side; returns how many batches ran.
+
+    A shard's next batch is submitted when its last one ends, with the shard's report so far
+    (``so_far``, which walks that share a budget pass on). How many batches run at once is the
+    task runner's business: threads in the flow's process by default, processes (and other
+    machines) with a Dask task runner.
+    """
+    so_far = so_far if so_far is not None else {}
+    for shard in shards:
+        so_far.setdefault(shard, BatchReport())
+    running: dict[PrefectFuture[BatchReport], KeyRange] = {}
+    for shard in shards:
+        if (future := submit(shard, None, so_far[shard])) is not None:
+            running[future] = shard
+    batches = 0
+    while running:
+        done = next(as_completed(list(running)))
+        shard = running.pop(done)
+        report = done.result()
+        so_far[shard].merge(report)
+        total.merge(report)
+        batches += 1
+        if (
+            report.last is not None
+            and (future := submit(shard, report.last, so_far[shard])) is not None
+        ):
+            running[future] = shard
+    return batches
 
 
 # --- the kill switch ---------------------------------------------------------------------------

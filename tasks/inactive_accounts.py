@@ -10,9 +10,10 @@ from prefect.runtime import flow_run
 from lifecycle.clients.build import Clients
 from lifecycle.common.batch import BatchReport, Breaker
 from lifecycle.common.erasure import resolve_plan
-from lifecycle.common.paging import Cursor
+from lifecycle.common.paging import Cursor, KeyRange, key_ranges
 from lifecycle.db.engine import get_engine
 from lifecycle.db.migrate import assert_current
+from lifecycle.db.schema import users
 from lifecycle.processes.inactive_accounts import queries, steps
 from lifecycle.processes.inactive_accounts.queries import DeletionQueue
 from lifecycle.processes.inactive_accounts.steps import SweepContext, SweepParams, SweepPlan
@@ -53,11 +54,12 @@ def preflight(params: SweepParams) -> SweepPlan:
         due = queries.count_due(
             conn, as_of=params.as_of, policy=params.policy, now=datetime.now(UTC)
         )
-    return SweepPlan(due=due, deletions_paused=paused)
+        shards = key_ranges(conn, users.c.id, params.shards)
+    return SweepPlan(due=due, deletions_paused=paused, shards=shards)
 
 
 @batch_task("warn-inactive-batch")
-def warn_inactive_batch(params: SweepParams, after: Cursor | None) -> BatchReport:
+def warn_inactive_batch(params: SweepParams, shard: KeyRange, after: Cursor | None) -> BatchReport:
     """Mail one page of users due a warning, under the shared mail rate."""
     settings = get_settings()
     mail_context = WarningContext(
@@ -81,13 +83,14 @@ def warn_inactive_batch(params: SweepParams, after: Cursor | None) -> BatchRepor
             breaker=Breaker(f"the mail backend (LIFECYCLE_MAIL_BACKEND={settings.mail_backend})"),
             after=after,
             limit=params.batch_size,
+            shard=shard,
         )
     return report_batch(report, {"warned": "lifecycle.account.warned"})
 
 
 @batch_task("delete-inactive-batch")
 def delete_inactive_batch(
-    params: SweepParams, queue: DeletionQueue, after: Cursor | None, budget: int
+    params: SweepParams, queue: DeletionQueue, shard: KeyRange, after: Cursor | None, budget: int
 ) -> BatchReport:
     """Delete one page of users due deletion: files, then references, then the user row."""
     settings = get_settings()
@@ -101,5 +104,6 @@ def delete_inactive_batch(
         after=after,
         limit=params.batch_size,
         budget=budget,
+        shard=shard,
     )
     return report_batch(report, {"deleted": "lifecycle.account.deleted"})

@@ -16,6 +16,7 @@ from prefect.client.schemas.filters import (
 )
 
 from flows.inactive_accounts import inactive_accounts
+from lifecycle.common.paging import key_ranges
 from lifecycle.db.schema import deletion_receipts, features, scoreboard_entries, users
 from lifecycle.privacy import pseudonym
 from lifecycle.processes.inactive_accounts.steps import SweepSummary
@@ -237,3 +238,37 @@ def test_no_email_address_in_logs_artifacts_or_events(
     assert "@example.com" not in text
     for user_id in population.values():
         assert user_id not in text
+
+
+def test_shards_split_the_users_and_walk_side_by_side(
+    engine: sa.Engine, lifecycle_env: Settings
+) -> None:
+    warn = {insert_user(engine, last_visit_at=days_ago(61 + i)) for i in range(11)}
+    doomed = {
+        insert_user(engine, last_visit_at=days_ago(100), deletion_warning_sent_at=days_ago(31 + i))
+        for i in range(5)
+    }
+    with engine.connect() as conn:
+        ranges = key_ranges(conn, users.c.id, 3)
+        in_each = [
+            set(conn.execute(sa.select(users.c.id).where(r.condition(users.c.id))).scalars())
+            for r in ranges
+        ]
+    assert len(ranges) == 3 and all(in_each)  # three non-empty shards ...
+    assert set.union(*in_each) == warn | doomed and sum(map(len, in_each)) == 16  # ... a partition
+
+    summary = inactive_accounts(shards=3, batch_size=2)
+
+    assert summary.counts == {"warned": 11, "deleted": 5}
+    assert Counter(m["To"] for m in outbox(lifecycle_env)).most_common(1)[0][1] == 1
+    assert all(user_row(engine, user_id) is None for user_id in doomed)
+
+
+def test_with_shards_max_deletions_is_shared_out(
+    engine: sa.Engine, lifecycle_env: Settings
+) -> None:
+    for i in range(6):
+        insert_user(engine, last_visit_at=days_ago(100), deletion_warning_sent_at=days_ago(31 + i))
+    summary = inactive_accounts(shards=2, max_deletions=6, batch_size=10)
+    assert summary.counts.get("deleted", 0) + summary.counts.get("over_budget", 0) == 6
+    assert summary.counts["deleted"] <= 6

@@ -26,6 +26,42 @@ class Cursor:
     position: Any
 
 
+@dataclass(frozen=True)
+class KeyRange:
+    """A shard of a table: rows whose key is at least ``low`` and below ``high`` (None: no
+    bound). Shards split one big walk into walks that can run side by side."""
+
+    low: Any = None
+    high: Any = None
+
+    def condition(self, key: sa.Column[Any]) -> ColumnElement[bool]:
+        bounds = []
+        if self.low is not None:
+            bounds.append(key >= at(key, self.low))
+        if self.high is not None:
+            bounds.append(key < at(key, self.high))
+        return sa.and_(sa.true(), *bounds)
+
+
+#: The one shard of a walk that is not split.
+WHOLE_TABLE = KeyRange()
+
+
+def key_ranges(conn: sa.Connection, key: sa.Column[Any], count: int) -> list[KeyRange]:
+    """``count`` shards of about equal size, bounded by keys read through the key's index."""
+    if count == 1:
+        return [WHOLE_TABLE]
+    rows = conn.execute(sa.select(sa.func.count()).select_from(key.table)).scalar_one()
+    bounds = []
+    for part in range(1, count):
+        offset = rows * part // count
+        bound = conn.execute(sa.select(key).order_by(key).offset(offset).limit(1)).scalar()
+        if bound is not None and bound not in bounds:
+            bounds.append(bound)
+    edges = [None, *bounds, None]
+    return [KeyRange(low, high) for low, high in zip(edges, edges[1:], strict=False)]
+
+
 def keyset_page(
     conn: sa.Connection,
     *,
@@ -34,9 +70,11 @@ def keyset_page(
     condition: ColumnElement[bool],
     after: Cursor | None,
     limit: int,
+    shard: KeyRange = WHOLE_TABLE,
 ) -> list[Cursor]:
-    """The next ``limit`` rows meeting ``condition``, after ``after`` in (position, key) order."""
-    query = sa.select(key, position).where(condition)
+    """The next ``limit`` rows meeting ``condition`` in ``shard``, after ``after`` in
+    (position, key) order."""
+    query = sa.select(key, position).where(condition, shard.condition(key))
     if after is not None:
         query = query.where(
             sa.tuple_(position, key) > sa.tuple_(at(position, after.position), at(key, after.id))

@@ -17,7 +17,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from lifecycle.common import claims
 from lifecycle.common.claims import Claim, Lease, at
 from lifecycle.common.erasure import ACCOUNT_DELETION, unfinished_deletion
-from lifecycle.common.paging import Cursor, keyset_page
+from lifecycle.common.paging import WHOLE_TABLE, Cursor, KeyRange, keyset_page
 from lifecycle.db.schema import users
 from lifecycle.processes.inactive_accounts.rules import ACTIVE_SUBSCRIPTION_STATUSES, Policy
 
@@ -90,7 +90,13 @@ def due_for_deletion(as_of: datetime, policy: Policy) -> ColumnElement[bool]:
 
 
 def warning_page(
-    conn: sa.Connection, *, as_of: datetime, policy: Policy, after: Cursor | None, limit: int
+    conn: sa.Connection,
+    *,
+    as_of: datetime,
+    policy: Policy,
+    after: Cursor | None,
+    limit: int,
+    shard: KeyRange = WHOLE_TABLE,
 ) -> list[Cursor]:
     """Users due a warning, in (last_visit_at, id) order, read through ``ix_users_last_visit``."""
     return keyset_page(
@@ -100,6 +106,7 @@ def warning_page(
         condition=due_for_warning(as_of, policy),
         after=after,
         limit=limit,
+        shard=shard,
     )
 
 
@@ -112,6 +119,7 @@ def deletion_page(
     now: datetime,
     after: Cursor | None,
     limit: int,
+    shard: KeyRange = WHOLE_TABLE,
 ) -> list[Cursor]:
     """Users whose deletion is unfinished, or due, in the order of the index that finds them."""
     if queue is DeletionQueue.UNFINISHED:
@@ -119,7 +127,13 @@ def deletion_page(
     else:
         position, condition = columns.deletion_warning_sent_at, due_for_deletion(as_of, policy)
     return keyset_page(
-        conn, key=columns.id, position=position, condition=condition, after=after, limit=limit
+        conn,
+        key=columns.id,
+        position=position,
+        condition=condition,
+        after=after,
+        limit=limit,
+        shard=shard,
     )
 
 

@@ -23,7 +23,7 @@ from lifecycle.clients.storage import ObjectStorage
 from lifecycle.common.batch import BatchReport, Breaker, RunSummary
 from lifecycle.common.claims import Claim
 from lifecycle.common.erasure import DeletionPlan, Erasure
-from lifecycle.common.paging import Cursor, next_cursor
+from lifecycle.common.paging import WHOLE_TABLE, Cursor, KeyRange, next_cursor
 from lifecycle.db.engine import relaxed_connection
 from lifecycle.errors import ConfigError, DependencyDown, PermanentError
 from lifecycle.privacy import pseudonym
@@ -43,6 +43,7 @@ class SweepParams(BaseModel):
     warn_after_days: int
     delete_after_days: int
     batch_size: int
+    shards: int = 1
 
     @model_validator(mode="after")
     def _grace_period(self) -> SweepParams:
@@ -67,6 +68,7 @@ class SweepPlan:
 
     due: DueCounts
     deletions_paused: bool
+    shards: list[KeyRange]  # the run's walks, side by side
 
 
 class SweepSummary(RunSummary):
@@ -114,6 +116,7 @@ def warn_batch(
     breaker: Breaker,
     after: Cursor | None,
     limit: int,
+    shard: KeyRange = WHOLE_TABLE,
 ) -> BatchReport:
     """Warn one page of users due a warning; each is mailed at most once per inactivity.
 
@@ -122,7 +125,7 @@ def warn_batch(
     """
     with ctx.engine.connect() as conn:
         page = queries.warning_page(
-            conn, as_of=ctx.as_of, policy=ctx.policy, after=after, limit=limit
+            conn, as_of=ctx.as_of, policy=ctx.policy, after=after, limit=limit, shard=shard
         )
     report = BatchReport(last=next_cursor(page, limit))
     if ctx.dry_run:
@@ -228,6 +231,7 @@ def delete_batch(
     after: Cursor | None,
     limit: int,
     budget: int,
+    shard: KeyRange = WHOLE_TABLE,
 ) -> BatchReport:
     """Delete one page of users from ``queue``, at most ``budget`` of them."""
     with ctx.engine.connect() as conn:
@@ -239,6 +243,7 @@ def delete_batch(
             now=ctx.clock(),
             after=after,
             limit=limit,
+            shard=shard,
         )
     report = BatchReport(last=next_cursor(page, limit))
     if ctx.dry_run:
