@@ -33,6 +33,7 @@ def _context(settings: Settings, params: SweepParams) -> SweepContext:
         flow_run_id=flow_run.get_id(),
         claim_group=settings.inactive_accounts.claim_group,
         undeliverable=settings.inactive_accounts.undeliverable,
+        third_parties=tuple(processor.name for processor in settings.consent_deletion.enabled),
     )
 
 
