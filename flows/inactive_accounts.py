@@ -9,8 +9,8 @@ from typing import Annotated
 from prefect import flow, get_run_logger
 from pydantic import Field, StrictBool, StrictInt
 
-from lifecycle.common.batch import BatchReport, resolve_as_of
-from lifecycle.common.paging import Cursor, each_page
+from lifecycle.common.batch import BatchReport, resolve_as_of, run_pages
+from lifecycle.common.paging import Cursor
 from lifecycle.common.params import Instant, titled
 from lifecycle.errors import RunAborted, RunFailed
 from lifecycle.processes.inactive_accounts.queries import DeletionQueue
@@ -128,22 +128,9 @@ def _delete_all(params: SweepParams, max_deletions: int, total: BatchReport) -> 
     batches = 0
     for queue in DeletionQueue:
         stop = (lambda: False) if params.dry_run else (lambda: budget() <= 0)
-        batches += _run_pages(batch_of(queue), total, stop)
+        batches += run_pages(batch_of(queue), total, stop)
     return batches
 
 
 def _warn_all(params: SweepParams, total: BatchReport) -> int:
-    return _run_pages(lambda after: warn_inactive_batch(params, after), total)
-
-
-def _run_pages(
-    run_batch: Callable[[Cursor | None], BatchReport],
-    total: BatchReport,
-    stop: Callable[[], bool] = lambda: False,
-) -> int:
-    """Run a walk's batches one after another into ``total``; returns how many ran."""
-    batches = 0
-    for report in each_page(run_batch, stop=stop):
-        total.merge(report)
-        batches += 1
-    return batches
+    return run_pages(lambda after: warn_inactive_batch(params, after), total)

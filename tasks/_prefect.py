@@ -66,7 +66,10 @@ def batch_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
     )
 
 
-def report_batch(report: BatchReport, events: Mapping[str, str]) -> BatchReport:
+B = TypeVar("B", bound=BatchReport)
+
+
+def report_batch(report: B, events: Mapping[str, str]) -> B:
     """Log the batch and emit one event per outcome in ``events`` (outcome -> event name).
 
     One event per batch, not per item: an event per account would cost the Prefect server
