@@ -142,24 +142,24 @@ def _run(process: str, title: str, params: ConsentParams, *, poll: bool) -> Cons
 def _work_at(
     name: str, params: ConsentParams, plan: ConsentPlan, total: ConsentReport, *, poll: bool
 ) -> int:
-    """Start, then (when polling) check and notify, at one processor; trouble there stops its
-    own work for this run and is alerted. Returns how many batches ran."""
+    """Start, then (when polling) check, at one processor; trouble there stops its calls for
+    this run and is alerted. Escalations and failure reports follow whatever happened: an
+    operation the processor cannot tell us about is exactly one to escalate. Returns how many
+    batches ran."""
     tags = {"lifecycle", f"processor:{name}"}
-    steps: list[Callable[[], int]] = []
+    calls: list[Callable[[], int]] = []
     if plan.deletions_paused:
         get_run_logger().warning("deletions are paused (kill switch): none started at %s", name)
     else:
         start = start_deletions.with_options(name=f"start-deletions-{name}", tags=tags)
-        steps.append(lambda: run_pages(lambda after: start(params, name, after), total))
+        calls.append(lambda: run_pages(lambda after: start(params, name, after), total))
     if poll:
         check = poll_deletions.with_options(name=f"poll-deletions-{name}", tags=tags)
-        steps.append(lambda: run_pages(lambda after: check(params, name, after), total))
-        notify = notify_operators.with_options(name=f"notify-operators-{name}")
-        steps.append(lambda: _merged(notify(params, name), total))
+        calls.append(lambda: run_pages(lambda after: check(params, name, after), total))
     batches = 0
-    for step in steps:
+    for call in calls:
         try:
-            batches += step()
+            batches += call()
         except Exception as exc:
             if alert_kind(exc) is None:  # not the processor's doing: fail the run
                 raise
@@ -167,6 +167,9 @@ def _work_at(
             get_run_logger().error("processor %s: %s", name, detail)
             total.anomaly(name, exc, detail)
             break
+    if poll:
+        notify = notify_operators.with_options(name=f"notify-operators-{name}")
+        batches += _merged(notify(params, name), total)
     return batches
 
 

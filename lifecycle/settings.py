@@ -336,8 +336,8 @@ class ConsentDeletionSettings(Group):
             raise ValueError(f"processor names must be unique, got {names}")
         if self.enabled and not self.technical_contacts:
             raise ValueError(
-                "technical_contacts is required when a processor is enabled: escalations and "
-                "alerts go there"
+                "LIFECYCLE_CONSENT_DELETION__TECHNICAL_CONTACTS is required when a processor is "
+                "enabled: escalations and alerts go there"
             )
         return self
 

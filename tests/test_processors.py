@@ -297,7 +297,7 @@ def test_segment_unknown_overall_status_is_a_schema_change() -> None:
             processor.status(operation_id)
 
 
-# --- tokens ----------------------------------------------------------------------------------------
+# --- tokens ---------------------------------------------------------------------------------------
 
 
 def test_token_from_a_secret_block(http_server: ScriptedHttpServer) -> None:

@@ -128,6 +128,10 @@ class ProcessorSimulator:
         with self._lock:
             self._faults[route].extend(faults)
 
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
     def settle(self, operation_id: str, state: Literal["complete", "failed"]) -> None:
         with self._lock:
             self.operations[operation_id].settled = state
