@@ -7,6 +7,7 @@ These tests are what catch that.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import uuid
@@ -26,6 +27,7 @@ from prefect.cli.deploy._models import (
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.flows import Flow, load_flow_from_entrypoint
 
 from deployments.bootstrap import WORK_POOL, bootstrap
@@ -59,6 +61,8 @@ DOCUMENTED_PARAMETERS = {
         "batch_size",
         "max_deletions",
     },
+    "consent-deletion-start": {"as_of", "dry_run", "max_concurrency"},
+    "consent-deletion-poll": {"as_of", "dry_run", "max_concurrency", "escalate_after"},
 }
 
 SECRET_PATTERNS = {
@@ -186,6 +190,17 @@ def test_deployment_parameters_exist(deployment: dict[str, Any], flow: Flow[Any,
     assert set(deployment.get("parameters") or {}) <= set(flow.parameters.properties)
 
 
+def test_event_triggers(deployment: dict[str, Any], flow: Flow[Any, Any]) -> None:
+    """Trigger keys Prefect knows (it ignores the others), and parameters the flow takes."""
+    for trigger in deployment.get("triggers") or []:
+        assert trigger["type"] == "event", trigger
+        fields = set(DeploymentEventTrigger.model_fields)
+        assert not set(trigger) - fields - {"type"}, sorted(set(trigger) - fields)
+        DeploymentEventTrigger.model_validate(trigger)
+        assert set(trigger.get("parameters") or {}) <= set(flow.parameters.properties)
+        assert trigger["expect"] and trigger["match"]
+
+
 # --- entrypoints --------------------------------------------------------------------------------
 
 
@@ -308,3 +323,15 @@ def test_bootstrap_resets_a_changed_limit(limit_name: str) -> None:
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(limit_name)
     assert (limit.limit, limit.slot_decay_per_second) == (1, 0.0)
+
+
+def test_bootstrap_caps_each_processor(limit_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"sim-{uuid.uuid4().hex[:8]}"
+    processor = {"kind": "rest", "name": name, "base_url": "https://x.test", "token": "t"}
+    monkeypatch.setenv("LIFECYCLE_CONSENT_DELETION__PROCESSORS", json.dumps([processor]))
+    monkeypatch.setenv("LIFECYCLE_CONSENT_DELETION__TECHNICAL_CONTACTS", '["ops@example.com"]')
+    bootstrap()
+    bootstrap()
+    with get_client(sync_client=True) as client:
+        limit = client.read_concurrency_limit_by_tag(f"processor:{name}")
+    assert limit.concurrency_limit == 1
