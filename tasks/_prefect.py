@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
@@ -27,6 +27,7 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 from prefect.variables import Variable
 
+from lifecycle.clients.build import Clients
 from lifecycle.clients.mail.backends import Mailer
 from lifecycle.clients.mail.message import OutgoingMail
 from lifecycle.clients.mail.pacing import PacedSender
@@ -250,6 +251,20 @@ def paced_mail(settings: Settings, mailer: Mailer) -> Iterator[Callable[[Outgoin
             mailer=mailer, mutex=mutex, rate_per_second=settings.mail_rate_per_second
         ) as sender:
             yield sender.send
+
+
+@contextmanager
+def mail_sender(
+    settings: Settings, *, dry_run: bool = False
+) -> Iterator[Callable[[OutgoingMail], str]]:
+    """The configured mailer's send under the shared mail rate (unpaced in a dry run, which
+    sends nothing through it), with its connections closed afterwards."""
+    with closing(Clients(settings)) as clients:
+        if dry_run:
+            yield clients.mailer.send
+            return
+        with paced_mail(settings, clients.mailer) as send:
+            yield send
 
 
 def publish_summary(process: str, title: str, summary: RunSummary) -> None:

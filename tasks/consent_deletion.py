@@ -8,7 +8,7 @@ and worker; within a task the processor's own ``rate_per_second`` and ``concurre
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import closing, contextmanager
 from datetime import timedelta
 
 from prefect.blocks.system import Secret
@@ -16,7 +16,6 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from pydantic import SecretStr
 
-from lifecycle.clients.build import Clients
 from lifecycle.clients.processors import open_processor
 from lifecycle.common.batch import Breaker
 from lifecycle.common.paging import Cursor
@@ -34,7 +33,7 @@ from lifecycle.processes.consent_deletion.steps import (
     ProcessorRun,
 )
 from lifecycle.settings import ProcessorSettings, Settings, get_settings
-from tasks._prefect import batch_task, deletions_paused, paced_mail, report_batch
+from tasks._prefect import batch_task, deletions_paused, mail_sender, report_batch
 
 #: One event per batch and outcome, listing pseudonyms (as inactive-accounts does).
 BATCH_EVENTS = {
@@ -173,12 +172,7 @@ def notify_operators(params: ConsentParams, processor: str) -> ConsentReport:
     ctx = _context(settings, params)
     with (
         _processor_run(settings, processor, params) as run,
-        closing(Clients(settings)) as clients,
-        (
-            nullcontext(clients.mailer.send)
-            if params.dry_run
-            else paced_mail(settings, clients.mailer)
-        ) as send,
+        mail_sender(settings, dry_run=params.dry_run) as send,
     ):
         report = steps.notify(
             ctx, run, send=send, contacts=settings.consent_deletion.technical_contacts
@@ -209,7 +203,7 @@ def alert_operators(params: ConsentParams, alerts: list[Alert], answered: list[s
     if params.dry_run or not alerts:
         return 0
     mailed = 0
-    with closing(Clients(settings)) as clients, paced_mail(settings, clients.mailer) as send:
+    with mail_sender(settings) as send:
         for alert in _distinct(alerts):
             mailed += steps.raise_alert(
                 ctx,

@@ -6,6 +6,7 @@ import json
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -379,7 +380,7 @@ def test_folders_that_are_files_are_refused(
 
 
 def _processors(
-    env: pytest.MonkeyPatch, *processors: dict[str, object], contacts: bool = True
+    env: pytest.MonkeyPatch, *processors: dict[str, Any], contacts: bool = True
 ) -> str:
     env.setenv("LIFECYCLE_CONSENT_DELETION__PROCESSORS", json.dumps(list(processors)))
     if contacts:

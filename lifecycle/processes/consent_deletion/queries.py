@@ -125,32 +125,23 @@ def revocation_requests(
 # --- pages of operations ---------------------------------------------------------------------
 
 
-def requested_page(
-    conn: sa.Connection, *, processor: str, now: datetime, after: Cursor | None, limit: int
+def open_page(
+    conn: sa.Connection,
+    *,
+    status: str,
+    processor: str,
+    now: datetime,
+    after: Cursor | None,
+    limit: int,
 ) -> list[Cursor]:
-    """Requests at ``processor`` not started yet and not held by a live claim."""
+    """Deletions at ``processor`` in ``status`` (requested: not started yet, in request order;
+    pending: started, not known complete or failed, in start order), not held by a live claim."""
     return keyset_page(
         conn,
         key=columns.id,
-        position=columns.requested_at,
+        position=columns.requested_at if status == "requested" else columns.started_at,
         condition=sa.and_(
-            columns.status == "requested", columns.processor == processor, OPERATION.free(now)
-        ),
-        after=after,
-        limit=limit,
-    )
-
-
-def pending_page(
-    conn: sa.Connection, *, processor: str, now: datetime, after: Cursor | None, limit: int
-) -> list[Cursor]:
-    """Started operations at ``processor`` not known complete or failed, in start order."""
-    return keyset_page(
-        conn,
-        key=columns.id,
-        position=columns.started_at,
-        condition=sa.and_(
-            columns.status == "pending", columns.processor == processor, OPERATION.free(now)
+            columns.status == status, columns.processor == processor, OPERATION.free(now)
         ),
         after=after,
         limit=limit,

@@ -200,15 +200,22 @@ def request_revocations(
 # --- starting ------------------------------------------------------------------------------------
 
 
+def _page(
+    ctx: ConsentContext, run: ProcessorRun, status: str, *, after: Cursor | None, limit: int
+) -> tuple[list[Cursor], ConsentReport]:
+    """The next page of deletions in ``status`` at ``run``'s processor, and a report for it."""
+    with ctx.engine.connect() as conn:
+        page = queries.open_page(
+            conn, status=status, processor=run.name, now=ctx.clock(), after=after, limit=limit
+        )
+    return page, ConsentReport(last=next_cursor(page, limit))
+
+
 def start_batch(
     ctx: ConsentContext, run: ProcessorRun, *, breaker: Breaker, after: Cursor | None, limit: int
 ) -> ConsentReport:
     """Start one page of requests at one processor, ``ids_per_request`` per call."""
-    with ctx.engine.connect() as conn:
-        page = queries.requested_page(
-            conn, processor=run.name, now=ctx.clock(), after=after, limit=limit
-        )
-    report = ConsentReport(last=next_cursor(page, limit))
+    page, report = _page(ctx, run, "requested", after=after, limit=limit)
     if ctx.dry_run:
         report.counts["would_start"] += len(page)
         return report
@@ -340,11 +347,7 @@ def poll_batch(
     Processor-wide trouble (authentication, a changed schema, no answer past every retry)
     stops the checks; what was answered is recorded, the rest released, then it is raised.
     """
-    with ctx.engine.connect() as conn:
-        page = queries.pending_page(
-            conn, processor=run.name, now=ctx.clock(), after=after, limit=limit
-        )
-    report = ConsentReport(last=next_cursor(page, limit))
+    page, report = _page(ctx, run, "pending", after=after, limit=limit)
     if ctx.dry_run:
         report.counts["would_check"] += len(page)
         return report
