@@ -127,7 +127,7 @@ def _run(process: str, title: str, params: ConsentParams, *, poll: bool) -> Cons
             )
         for name in plan.processors:
             batches += _work_at(name, params, plan, total, poll=poll)
-        alert_operators(params, total.alerts, sorted(total.answered))
+        alert_operators(params, total.alerts, sorted(total.resolved))
         _count_backlog(params, plan, total, poll=poll)
     finally:
         summary = ConsentSummary.of(

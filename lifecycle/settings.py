@@ -198,7 +198,7 @@ class ProcessorSettings(Group):
     )
     concurrency: Count = Field(8, ge=1, le=256, description="Calls in flight at once.")
     ids_per_request: Count = Field(1, ge=1, le=5000, description="User ids per start call.")
-    rate_per_second: Seconds = Field(10.0, gt=0, le=1000, description="Calls per second at most.")
+    rate_per_second: Seconds = Field(10.0, gt=0, le=10_000, description="Calls per second at most.")
     timeout_seconds: Seconds = Field(10.0, gt=0, le=300, description="Per call and per read.")
     retry_budget_seconds: Seconds = Field(
         120.0, ge=0, le=3600, description="Waiting between retries of one call, at most."

@@ -24,6 +24,7 @@ from lifecycle.db.migrate import assert_current
 from lifecycle.errors import ConfigError
 from lifecycle.privacy import pseudonym
 from lifecycle.processes.consent_deletion import queries, steps
+from lifecycle.processes.consent_deletion.rules import AlertKind
 from lifecycle.processes.consent_deletion.steps import (
     Alert,
     ConsentContext,
@@ -191,15 +192,15 @@ def notify_operators(params: ConsentParams, processor: str) -> ConsentReport:
 
 
 @batch_task("alert-operators")
-def alert_operators(params: ConsentParams, alerts: list[Alert], answered: list[str]) -> int:
-    """Mail each alert unless the same one was mailed lately; resolve the alerts of processors
-    that answered well and raised none this run. Returns how many mails went out."""
+def alert_operators(
+    params: ConsentParams, alerts: list[Alert], resolved: list[tuple[str, AlertKind]]
+) -> int:
+    """Mail each alert unless the same one was mailed lately; close the alerts this run proved
+    over (and did not raise again). Returns how many mails went out."""
     settings = get_settings()
     ctx = _context(settings, params)
     group = settings.consent_deletion
-    troubled = {alert.processor for alert in alerts}
-    for name in sorted(set(answered) - troubled):
-        steps.resolve_alerts(ctx, name)
+    steps.resolve_alerts(ctx, set(resolved) - {(a.processor, a.kind) for a in alerts})
     if params.dry_run or not alerts:
         return 0
     mailed = 0

@@ -379,9 +379,7 @@ def test_folders_that_are_files_are_refused(
 # --- consent deletion: processors, contacts, durations ----------------------------------------
 
 
-def _processors(
-    env: pytest.MonkeyPatch, *processors: dict[str, Any], contacts: bool = True
-) -> str:
+def _processors(env: pytest.MonkeyPatch, *processors: dict[str, Any], contacts: bool = True) -> str:
     env.setenv("LIFECYCLE_CONSENT_DELETION__PROCESSORS", json.dumps(list(processors)))
     if contacts:
         env.setenv("LIFECYCLE_CONSENT_DELETION__TECHNICAL_CONTACTS", '["ops@example.com"]')

@@ -105,9 +105,7 @@ class HttpClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
-        connections: int = 20,
     ) -> None:
-        """``connections``: kept open at most, for callers with that many threads at once."""
         self.name = name
         self._retry = retry
         self._sleep = sleep
@@ -118,9 +116,6 @@ class HttpClient:
             timeout=timeout,
             transport=transport,
             follow_redirects=False,
-            limits=httpx.Limits(
-                max_connections=max(connections, 100), max_keepalive_connections=connections
-            ),
         )
 
     def request(

@@ -285,6 +285,10 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], simulator: ProcessorSimulator) -> None:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # One write per answer, sent at once: with the default (unbuffered headers, then
+            # the body, Nagle on) a keep-alive client waits ~40 ms for every answer.
+            wbufsize = -1
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:
                 simulator._serve(self)

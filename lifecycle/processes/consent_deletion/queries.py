@@ -43,6 +43,7 @@ class Claimed:
     unconfirmed_starts: int
     first_attempt_at: datetime | None
     receipt_id: int | None
+    vendor_status: str | None  # as of the last check
 
 
 _CLAIMED = (
@@ -54,6 +55,7 @@ _CLAIMED = (
     columns.unconfirmed_starts,
     columns.first_attempt_at,
     columns.receipt_id,
+    columns.vendor_status,
 )
 
 
@@ -296,51 +298,37 @@ def record_checks(
     claim_id: str,
     now: datetime,
     run: str | None,
-    previous: dict[int, str | None],
 ) -> list[int]:
     """Record the answers and end the claim on those rows; returns the receipts touched by a
-    completion. A step is logged when the vendor's status changed (a check that found nothing
-    new only counts: ``checks`` and ``last_checked_at``)."""
-    common = {
-        "checks": columns.checks + 1,
-        "last_checked_at": now,
-        "vendor_status": sa.bindparam("b_vendor_status"),
-        "claim_id": None,
-        "lease_until": None,
-    }
-    by_state: dict[str, dict[str, Any]] = {
-        "pending": common,
-        "complete": common
-        | {
-            "status": "complete",
-            "completed_at": now,
+    completion. One UPDATE per distinct answer (most pages have one or two). A step is logged
+    when the vendor's status changed: a check that found nothing new only counts (``checks``,
+    ``last_checked_at``)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for check in checks:
+        groups.setdefault((check.state, check.vendor_status), []).append(check.row.id)
+    for (state, vendor_status), ids in groups.items():
+        values: dict[str, Any] = {
+            "checks": columns.checks + 1,
+            "last_checked_at": now,
+            "vendor_status": vendor_status,
+            "claim_id": None,
+            "lease_until": None,
+        }
+        if state == "complete":
             # An erased account's id goes once every third party has erased it too.
-            "user_id": sa.case((columns.reason == "account_deleted", None), else_=columns.user_id),
-        },
-        "failed": common | {"status": "failed", "failed_at": now, "error": sa.bindparam("b_error")},
-    }
-    for state, values in by_state.items():
-        params = [
-            {
-                "b_id": check.row.id,
-                "b_vendor_status": check.vendor_status,
-                "b_error": f"the vendor reports {check.vendor_status}",
+            erased = sa.case((columns.reason == "account_deleted", None), else_=columns.user_id)
+            values |= {"status": "complete", "completed_at": now, "user_id": erased}
+        elif state == "failed":
+            values |= {
+                "status": "failed",
+                "failed_at": now,
+                "error": f"the vendor reports {vendor_status}"[:300],
             }
-            for check in checks
-            if check.state == state
-        ]
-        if params:
-            conn.execute(
-                sa.update(processor_deletions)
-                .where(
-                    columns.id == sa.bindparam("b_id"),
-                    OPERATION.held_by(claim_id),
-                    columns.status == "pending",
-                )
-                .values(values)
-                .execution_options(synchronize_session=False),
-                params,
-            )
+        conn.execute(
+            sa.update(processor_deletions)
+            .where(columns.id.in_(ids), OPERATION.held_by(claim_id), columns.status == "pending")
+            .values(values)
+        )
     steps = [
         Step(
             check.row.id,
@@ -349,15 +337,10 @@ def record_checks(
             vendor_status=check.vendor_status,
         )
         for check in checks
-        if check.state != "pending" or previous.get(check.row.id) != check.vendor_status
+        if check.state != "pending" or check.row.vendor_status != check.vendor_status
     ]
     log_steps(conn, steps, now, run)
     return sorted({c.row.receipt_id for c in checks if c.state == "complete" and c.row.receipt_id})
-
-
-def vendor_statuses(conn: sa.Connection, ids: Sequence[int]) -> dict[int, str | None]:
-    rows = conn.execute(sa.select(columns.id, columns.vendor_status).where(columns.id.in_(ids)))
-    return {deletion_id: status for deletion_id, status in rows}
 
 
 def complete_receipts(conn: sa.Connection, receipt_ids: Sequence[int], now: datetime) -> int:
@@ -534,12 +517,12 @@ def mark_alert_mailed(
     )
 
 
-def resolve_alerts(conn: sa.Connection, processor: str, now: datetime) -> int:
-    """The processor answered well: its open alerts are over (a new one is mailed at once)."""
+def resolve_alert(conn: sa.Connection, processor: str, kind: str, now: datetime) -> int:
+    """The alert is over (if open): when it comes back, it is mailed at once."""
     alerts = processor_alerts.c
     return conn.execute(
         sa.update(processor_alerts)
-        .where(alerts.processor == processor, alerts.resolved_at.is_(None))
+        .where(alerts.processor == processor, alerts.kind == kind, alerts.resolved_at.is_(None))
         .values(resolved_at=now)
     ).rowcount
 

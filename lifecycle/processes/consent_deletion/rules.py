@@ -15,7 +15,15 @@ from lifecycle.clients.processors import SchemaChanged
 from lifecycle.common.third_parties import legal_deadline
 from lifecycle.errors import DependencyDown
 
-__all__ = ["AlertKind", "alert_due", "alert_kind", "escalation_due", "legal_deadline", "overdue"]
+__all__ = [
+    "RESOLVED_BY",
+    "AlertKind",
+    "alert_due",
+    "alert_kind",
+    "escalation_due",
+    "legal_deadline",
+    "overdue",
+]
 
 
 def escalation_due(
@@ -42,6 +50,19 @@ class AlertKind(StrEnum):
     NOT_ANSWERING = "not_answering"  # timeouts, 429 or 5xx past every retry
     START_UNKNOWN = "start_unknown"  # a start call's answer was lost: maybe one extra operation
     REJECTED = "rejected"  # a 4xx to a call we make (the vendor refuses an id, say)
+
+
+#: What a call that went well proves fixed: a start or a status check reached the API with our
+#: token; a start's answer was read (so starts are heard again); a status answer was read in the
+#: shape we know. A rejected call is never "resolved": it is mailed again after the repeat time.
+RESOLVED_BY = {
+    "start": frozenset(
+        {AlertKind.AUTHENTICATION, AlertKind.NOT_ANSWERING, AlertKind.START_UNKNOWN}
+    ),
+    "status": frozenset(
+        {AlertKind.AUTHENTICATION, AlertKind.NOT_ANSWERING, AlertKind.SCHEMA_CHANGED}
+    ),
+}
 
 
 def alert_kind(exc: BaseException) -> AlertKind | None:

@@ -47,7 +47,12 @@ from lifecycle.privacy import describe_error, pseudonym
 from lifecycle.processes.consent_deletion import queries
 from lifecycle.processes.consent_deletion.operator_mail import alert_mail, notice_mail
 from lifecycle.processes.consent_deletion.queries import Check, Claimed, Notice
-from lifecycle.processes.consent_deletion.rules import AlertKind, alert_due, alert_kind
+from lifecycle.processes.consent_deletion.rules import (
+    RESOLVED_BY,
+    AlertKind,
+    alert_due,
+    alert_kind,
+)
 
 Send = Callable[[OutgoingMail], str]
 #: Operations claimed for one notice mail at most.
@@ -80,14 +85,18 @@ class ConsentReport(BatchReport):
 
     alerts: list[Alert] = field(default_factory=list)
     escalations: list[Escalation] = field(default_factory=list)
-    answered: set[str] = field(default_factory=set)  # processors that answered well
+    resolved: set[tuple[str, AlertKind]] = field(default_factory=set)  # proven fixed
 
     def merge(self, other: BatchReport) -> None:
         super().merge(other)
         if isinstance(other, ConsentReport):
             self.alerts.extend(other.alerts)
             self.escalations.extend(other.escalations)
-            self.answered |= other.answered
+            self.resolved |= other.resolved
+
+    def went_well(self, processor: str, call: str) -> None:
+        """A ``call`` ("start" or "status") to ``processor`` was answered as expected."""
+        self.resolved |= {(processor, kind) for kind in RESOLVED_BY[call]}
 
     def anomaly(self, processor: str, exc: BaseException, detail: str) -> None:
         """Trouble with ``processor`` (kind from the error), counted and alerted."""
@@ -238,7 +247,12 @@ class _Starter:
         with self.ctx.engine.begin() as conn:
             rows = queries.claim(conn, ids, status="requested", claim=claim)
         self.report.counts["skipped"] += len(ids) - len(rows)
-        rows = self._reconcile(rows, claim)
+        try:
+            rows = self._reconcile(rows, claim)
+        except Exception:  # the listing failed: nothing was started, so let them go
+            with self.ctx.engine.begin() as conn:
+                queries.release(conn, [r.id for r in rows], claim_id=claim.id)
+            raise
         if rows:
             self._start(rows, claim)
 
@@ -281,7 +295,7 @@ class _Starter:
                 run=run_id,
             )
         self.breaker.success()
-        self.report.answered.add(name)
+        self.report.went_well(name, "start")
         for row in rows:
             self.report.record("started", row.subject_hash)
 
@@ -354,7 +368,6 @@ def poll_batch(
     claim = Claim.new(ctx.clock(), ctx.lease)
     with ctx.engine.begin() as conn:
         rows = queries.claim(conn, [c.id for c in page], status="pending", claim=claim)
-        previous = queries.vendor_statuses(conn, [r.id for r in rows])
     report.counts["skipped"] += len(page) - len(rows)
     answers, trouble = check_all(run, {str(r.operation_id) for r in rows})
     checks = []
@@ -362,13 +375,16 @@ def poll_batch(
         answer = answers.get(str(row.operation_id))
         if isinstance(answer, OperationStatus):
             checks.append(Check(row, answer.state, answer.vendor_status))
+    unanswered = [
+        r.id for r in rows if not isinstance(answers.get(str(r.operation_id)), OperationStatus)
+    ]
     with ctx.engine.begin() as conn:
         now = ctx.clock()
         receipts = queries.record_checks(
-            conn, checks, claim_id=claim.id, now=now, run=ctx.flow_run_id, previous=previous
+            conn, checks, claim_id=claim.id, now=now, run=ctx.flow_run_id
         )
         queries.complete_receipts(conn, receipts, now)
-        queries.release(conn, [r.id for r in rows], claim_id=claim.id)  # the unanswered
+        queries.release(conn, unanswered, claim_id=claim.id)
     _report_checks(report, run, rows, checks, answers)
     if trouble is not None:
         raise trouble
@@ -413,15 +429,20 @@ def _report_checks(
     checks: list[Check],
     answers: dict[str, OperationStatus | Exception],
 ) -> None:
-    outcome = {"pending": "still_pending", "complete": "completed", "failed": "failed"}
     for check in checks:
+        if check.state == OperationState.PENDING:  # counted only: no event lists them
+            report.counts["still_pending"] += 1
+            continue
         if check.state == OperationState.FAILED:
             report.failures.append(
                 Failure(check.row.subject_hash, "vendor", f"{run.name}: {check.vendor_status}")
             )
-        report.record(outcome[check.state], check.row.subject_hash)
+        report.record(
+            "completed" if check.state == OperationState.COMPLETE else "failed",
+            check.row.subject_hash,
+        )
     if checks:
-        report.answered.add(run.name)
+        report.went_well(run.name, "status")
     rejected = [r for r in rows if isinstance(answers.get(str(r.operation_id)), RequestRejected)]
     for row in rejected:
         error = answers[str(row.operation_id)]
@@ -544,7 +565,10 @@ def raise_alert(
     return True
 
 
-def resolve_alerts(ctx: ConsentContext, processor: str) -> int:
-    """``processor`` answered well this run: its open alerts are over."""
+def resolve_alerts(ctx: ConsentContext, resolved: Iterable[tuple[str, AlertKind]]) -> int:
+    """These (processor, kind) alerts were proven over this run; how many were open."""
     with ctx.engine.begin() as conn:
-        return queries.resolve_alerts(conn, processor, ctx.clock())
+        return sum(
+            queries.resolve_alert(conn, processor, kind, ctx.clock())
+            for processor, kind in sorted(resolved)
+        )
