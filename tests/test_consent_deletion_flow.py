@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter
+from prefect.events.worker import EventsWorker
 
 from flows.consent_deletion import consent_deletion_poll, consent_deletion_start
 from lifecycle.clients.simulator import Fault, ProcessorSimulator
@@ -18,6 +22,7 @@ from lifecycle.common.third_parties import legal_deadline
 from lifecycle.db.schema import processor_alerts, processor_deletion_steps, processor_deletions
 from lifecycle.privacy import pseudonym
 from lifecycle.settings import Settings
+from tasks.consent_deletion import emit_consent_revoked
 from tests.support.clock import days_ago
 from tests.support.factories import insert_user
 from tests.support.http_server import Reply, ScriptedHttpServer
@@ -26,6 +31,7 @@ from tests.support.processors import (
     TOKEN,
     configure,
     simulator_processor,
+    unique_id,
 )
 from tests.support.records import outbox, run_events, run_text, text_of
 
@@ -513,3 +519,19 @@ def test_no_raw_id_token_or_address_in_logs_artifacts_or_events(
     assert TOKEN not in text and "@example.com" not in text
     for user_id in user_ids:
         assert user_id not in text
+
+
+@sqlite_only
+def test_the_revocation_event_names_the_user_by_pseudonym_only(consent_env: Settings) -> None:
+    user_id = unique_id()
+    emit_consent_revoked(user_id)
+    EventsWorker.drain_all(timeout=10)
+    wanted = EventFilter(event=EventNameFilter(name=["lifecycle.consent.revoked"]))
+    with get_client(sync_client=True) as client:
+        for _ in range(50):  # the server stores events asynchronously
+            events = client.read_events(filter=wanted, limit=50).events
+            mine = [e for e in events if e.resource.id == f"lifecycle.user.{pseudonym(user_id)}"]
+            if mine:
+                break
+            time.sleep(0.2)
+    assert len(mine) == 1 and user_id not in mine[0].model_dump_json()
