@@ -46,9 +46,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import psycopg
-from psycopg import sql
-from sqlalchemy.engine import make_url
+from _common import Postgres, Verdicts  # benchmarks/_common.py, next to this script
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TOKEN = "bench-token"
@@ -125,29 +123,6 @@ def measure_client(url: str, operations: int, concurrency: int) -> float:
 
 
 # --------------------------------------------------------------------------- the database
-
-
-class Database:
-    """A throwaway PostgreSQL database, created through an admin connection."""
-
-    def __init__(self, admin_url: str) -> None:
-        self._admin = make_url(admin_url).set(drivername="postgresql")
-        self.name = f"lifecycle_bench_consent_{uuid.uuid4().hex[:8]}"
-        self.url = self._admin.set(drivername="postgresql+psycopg", database=self.name)
-
-    def _admin_execute(self, statement: sql.Composed) -> None:
-        admin = self._admin.render_as_string(hide_password=False)
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(statement)
-
-    def create(self) -> str:
-        self._admin_execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
-        return self.url.render_as_string(hide_password=False)
-
-    def drop(self) -> None:
-        self._admin_execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name))
-        )
 
 
 def load_operations(url: str, operations: int) -> None:
@@ -286,16 +261,6 @@ def run_sequential_loop(db_url: str, server_url: str) -> tuple[float, int]:
 # --------------------------------------------------------------------------- main
 
 
-class Verdicts:
-    def __init__(self) -> None:
-        self.failed: list[str] = []
-
-    def check(self, name: str, ok: bool, detail: str) -> None:
-        print(f"{'PASS' if ok else 'FAIL'}: {name}: {detail}")
-        if not ok:
-            self.failed.append(name)
-
-
 def timed(label: str, work: Callable[[], Any]) -> Any:
     started = time.perf_counter()
     result = work()
@@ -322,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     n, latency = args.operations, args.latency
 
-    database = Database(os.environ.get("LIFECYCLE_BENCH_POSTGRES_URL", DEFAULT_ADMIN_URL))
+    postgres = Postgres(os.environ.get("LIFECYCLE_BENCH_POSTGRES_URL", DEFAULT_ADMIN_URL))
     data_dir = Path(tempfile.mkdtemp(prefix="bench-consent-"))
     ours, here = multiprocessing.get_context("spawn").Pipe()
     server = multiprocessing.get_context("spawn").Process(
@@ -332,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lifecycle.db.migrate import upgrade
 
-        db_url = database.create()
+        db_url = postgres.sqlalchemy_url(
+            postgres.create(f"lifecycle_bench_consent_{uuid.uuid4().hex[:8]}")
+        )
         timed("migrate", lambda: upgrade(db_url))
         timed(f"load {n:,} pending operations", lambda: load_operations(db_url, n))
         server.start()
@@ -381,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         if server.is_alive():
             ours.send("stop")
             server.join(timeout=10)
-        database.drop()
+        postgres.drop_all()
         shutil.rmtree(data_dir, ignore_errors=True)
     return 1 if verdicts.failed else 0
 

@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from _common import Postgres, Verdicts  # benchmarks/_common.py, next to this script
 from psycopg import sql
-from sqlalchemy.engine import make_url
 
 if TYPE_CHECKING:  # lifecycle is imported late, once the environment is set
     from lifecycle.clients.mail.backends import OutboxMailer
@@ -270,48 +270,6 @@ def load_dataset(conninfo: str, storage_root: Path, *, size: int, seed: int) -> 
 
 
 # --------------------------------------------------------------------------- databases
-
-
-class Postgres:
-    """Creates and drops throwaway databases through an admin connection."""
-
-    def __init__(self, admin_url: str) -> None:
-        self._admin = make_url(admin_url).set(drivername="postgresql")
-        self.created: list[str] = []
-
-    def conninfo(self, name: str) -> str:
-        return self._admin.set(database=name).render_as_string(hide_password=False)
-
-    def sqlalchemy_url(self, name: str) -> str:
-        url = self._admin.set(drivername="postgresql+psycopg", database=name)
-        return url.render_as_string(hide_password=False)
-
-    def _execute(self, statement: sql.Composed) -> None:
-        with psycopg.connect(
-            self.conninfo(self._admin.database or "postgres"), autocommit=True
-        ) as c:
-            c.execute(statement)
-
-    def create(self, name: str, *, template: str | None = None) -> None:
-        if template is None:
-            self._execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        else:
-            self._execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
-                    sql.Identifier(name), sql.Identifier(template)
-                )
-            )
-        self.created.append(name)
-
-    def drop_all(self) -> None:
-        for name in reversed(self.created):
-            try:
-                self._execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
-            except psycopg.Error as exc:
-                print(f"warning: could not drop database {name}: {exc}", file=sys.stderr)
-        self.created.clear()
 
 
 # --------------------------------------------------------------------------- the port
@@ -602,16 +560,6 @@ def outcome(
         files_left=files_left,
         mails=sum(1 for _ in outbox.glob("*.eml")),
     )
-
-
-class Verdicts:
-    def __init__(self) -> None:
-        self.failed: list[str] = []
-
-    def check(self, name: str, ok: bool, detail: str) -> None:
-        print(f"{'PASS' if ok else 'FAIL'}: {name}: {detail}")
-        if not ok:
-            self.failed.append(name)
 
 
 def check_outcome(verdicts: Verdicts, who: str, result: Outcome) -> None:

@@ -331,6 +331,7 @@ def run_pair(
 
 def flow_env(workdir: Path, api_url: str) -> dict[str, str]:
     """The environment of a flow process: our server, the test database and a shared outbox."""
+    (workdir / "storage").mkdir(exist_ok=True)  # the flows check it exists before they start
     env = base_env(workdir / "client-home")
     env.update(
         {

@@ -1,5 +1,6 @@
-"""Command line: ``lifecycle demo`` (the README's first command), ``migrate``, ``seed`` and
-``simulator`` (the local processor simulator, for trying consent deletion without a vendor)."""
+"""Command line: ``lifecycle demo`` (the README's first command), ``migrate``, ``seed``,
+``ttl-status`` and ``simulator`` (the local processor simulator, for trying consent deletion
+without a vendor)."""
 
 from __future__ import annotations
 
@@ -9,37 +10,50 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+import click
 import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from lifecycle.clients.build import Clients
+from lifecycle.clients.dynamodb import DynamoTtl
 from lifecycle.clients.simulator import ProcessorSimulator
 from lifecycle.common.batch import RunSummary
 from lifecycle.db.engine import get_engine
-from lifecycle.db.migrate import upgrade
-from lifecycle.db.schema import users
+from lifecycle.db.migrate import assert_current, upgrade
+from lifecycle.db.schema import attributes, users
+from lifecycle.demo_marketing import local_suite
+from lifecycle.errors import LifecycleError
 from lifecycle.processes.inactive_accounts.steps import SweepSummary
+from lifecycle.processes.ttl_purge.steps import backlogs
 from lifecycle.sample_data import seed as seed_users
-from lifecycle.settings import Settings, SettingsError, get_settings
+from lifecycle.sample_data import seed_ttl
+from lifecycle.settings import Settings, get_settings
 
 app = typer.Typer(help="Data-lifecycle flows (Prefect).", no_args_is_help=True)
 console = Console()
 
 
-def _settings() -> Settings:
+def main() -> None:
+    """The ``lifecycle`` command: our errors end it with one line saying what to fix."""
     try:
-        return get_settings()
-    except SettingsError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        code = app(standalone_mode=False)
+    except LifecycleError as exc:
+        console.print(f"[red]{type(exc).__name__}: {exc}[/red]", soft_wrap=True)
+        raise SystemExit(2) from None
+    except click.exceptions.Abort:
+        raise SystemExit(1) from None
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (alembic)."""
-    settings = _settings()
+    settings = get_settings()
     upgrade(settings.resolved_database_url)
     console.print("schema is up to date")
 
@@ -47,7 +61,7 @@ def migrate() -> None:
 @app.command()
 def seed() -> None:
     """Insert the sample users if the users table is empty."""
-    settings = _settings()
+    settings = get_settings()
     upgrade(settings.resolved_database_url)
     console.print(_seed_if_empty(settings))
 
@@ -74,7 +88,7 @@ def demo() -> None:
     from flows.consent_deletion import consent_deletion_poll, consent_deletion_start
     from flows.inactive_accounts import inactive_accounts  # keeps --help fast
 
-    settings = _settings()
+    settings = get_settings()
     upgrade(settings.resolved_database_url)
     console.print(_seed_if_empty(settings))
     with ProcessorSimulator(token=DEMO_TOKEN, complete_after=0.0) as simulator:
@@ -95,6 +109,7 @@ def demo() -> None:
     console.print(f"database: {settings.resolved_database_url}")
     console.print(f"storage:  {settings.resolved_storage_url}")
     console.print(f"outbox:   {settings.resolved_outbox_dir} (warning mails as .eml)")
+    _demo_ttl_and_carts(settings)
 
 
 _CONSENT_OUTCOMES = ("started", "still_pending", "completed", "failed", "escalated", "anomalies")
@@ -149,3 +164,115 @@ def simulator(
             threading.Event().wait()
         except KeyboardInterrupt:
             console.print("stopped")
+
+
+# --- TTL purge and abandoned carts ----------------------------------------------------------
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "kB", "MB"):
+        if value < 1024:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+@app.command("ttl-status")
+def ttl_status(
+    dynamodb: bool = typer.Option(
+        False, "--dynamodb", help="Also scan the configured DynamoDB tables (reads them all)."
+    ),
+) -> None:
+    """Show each TTL purge target's backlog: rows expired but not purged yet, and how old."""
+    settings = get_settings()
+    now = datetime.now(UTC)
+    engine = get_engine(settings.resolved_database_url)
+    assert_current(engine)
+    found = backlogs(engine, settings.ttl_purge.targets, as_of=now, now=now)
+    table = Table(title=f"TTL backlog at {now:%Y-%m-%d %H:%M:%S} UTC")
+    for column in ("target", "table", "expired rows", "oldest expired", "rows", "size"):
+        table.add_column(column, justify="left" if column in ("target", "table") else "right")
+    for target in settings.ttl_purge.targets:
+        backlog = found[target.name]
+        age = backlog.oldest_age_seconds
+        table.add_row(
+            target.name,
+            target.table,
+            f"{backlog.expired:,}",
+            "-" if age is None else f"{age:,} s ago",
+            f"{backlog.rows:,}",
+            _size(backlog.table_bytes),
+        )
+    console.print(table)
+    if dynamodb and settings.ttl_purge.dynamodb_tables:
+        _dynamodb_status(settings, now)
+
+
+def _dynamodb_status(settings: Settings, now: datetime) -> None:
+    ttl = DynamoTtl(Clients(settings).dynamodb[0])
+    table = Table(title="DynamoDB native TTL")
+    for column in ("table", "TTL", "attribute", "expired, still there", "over 48 h"):
+        table.add_column(column)
+    for config in settings.ttl_purge.dynamodb_tables:
+        state = ttl.describe(config.table)
+        items = ttl.expired_items(config.table, config.attribute, now)
+        table.add_row(
+            config.table,
+            state.status,
+            str(state.attribute),
+            f"{items.expired:,}",
+            f"{items.overdue:,}",
+        )
+    console.print(table)
+
+
+def _demo_ttl_and_carts(settings: Settings) -> None:
+    """Seed attributes and carts on first run, then run ttl-purge and abandoned-carts against
+    a local marketing receiver (unless a real one is configured)."""
+    from flows.abandoned_carts import abandoned_carts
+    from flows.ttl_purge import ttl_purge
+
+    engine = get_engine(settings.resolved_database_url)
+    with engine.connect() as conn:
+        seeded = conn.execute(sa.select(sa.func.count()).select_from(attributes)).scalar_one()
+    if not seeded:
+        counts = seed_ttl(engine, now=datetime.now(UTC))
+        console.print(
+            f"seeded {counts['attributes']} attributes, {counts['index']} index entries and "
+            f"{counts['carts']} carts"
+        )
+    purge = ttl_purge(return_state=True).result(raise_on_failure=False)
+    _print_counts("ttl-purge", purge)
+    if settings.abandoned_carts.marketing_url:
+        _print_counts(
+            "abandoned-carts", abandoned_carts(return_state=True).result(raise_on_failure=False)
+        )
+        return
+    with local_suite(settings.data_dir) as suite:
+        os.environ["LIFECYCLE_ABANDONED_CARTS__MARKETING_URL"] = suite.url
+        os.environ["LIFECYCLE_ABANDONED_CARTS__MARKETING_SECRET"] = suite.secret
+        try:
+            carts = abandoned_carts(return_state=True).result(raise_on_failure=False)
+        finally:
+            del os.environ["LIFECYCLE_ABANDONED_CARTS__MARKETING_URL"]
+            del os.environ["LIFECYCLE_ABANDONED_CARTS__MARKETING_SECRET"]
+    _print_counts("abandoned-carts", carts)
+    console.print(f"marketing: {suite.inbox} (carts the local receiver accepted)")
+
+
+def _print_counts(flow_name: str, result: object) -> None:
+    counts = getattr(result, "counts", None)
+    if counts is None:
+        console.print(f"[red]{flow_name} failed: {result}[/red]")
+        raise typer.Exit(1)
+    table = Table(title=flow_name)
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    for outcome, count in sorted(counts.items()):
+        table.add_row(outcome, str(count))
+    if not counts:
+        table.add_row("nothing to do", "0")
+    console.print(table)

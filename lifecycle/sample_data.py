@@ -1,17 +1,26 @@
-"""Realistic sample users for the demo: every case the inactive-accounts policy distinguishes,
-and a few who revoked analytics consent (the consent-deletion flows erase them at third parties)."""
+"""Realistic sample data for the demo: every case the inactive-accounts policy distinguishes,
+a few users who revoked analytics consent (erased at third parties by consent deletion),
+temporary attributes and index entries with the guide's lifetimes, and cart activity."""
 
 from __future__ import annotations
 
 import random
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from lifecycle.clients.storage import ObjectStorage
-from lifecycle.db.schema import features, scoreboard_entries, users
+from lifecycle.db.schema import (
+    attribute_index,
+    attributes,
+    cart_activity,
+    features,
+    scoreboard_entries,
+    users,
+)
+from lifecycle.processes.ttl_purge.rules import ATTRIBUTE_LIFETIMES, INDEX_TTL_BUFFER
 
 FIRST = [
     "Ada",
@@ -96,3 +105,77 @@ def seed(engine: sa.Engine, storage: ObjectStorage, *, now: datetime, seed: int 
         for name in ("avatar.png", "notes/1.md", "notes/2.md"):
             storage.put(f"users/{row['id']}/{name}", f"sample {name}".encode())
     return len(rows)
+
+
+# --- TTL purge and abandoned carts ----------------------------------------------------------
+
+
+def seed_ttl(engine: sa.Engine, *, now: datetime, seed: int = 9) -> dict[str, int]:
+    """Attributes with the guide's lifetimes (some expired), index entries (some orphaned),
+    and cart activity (abandoned, abandoned but empty or anonymous, still active)."""
+    rng = random.Random(seed)
+    epoch = int(now.timestamp())
+    attributes_rows: list[dict[str, Any]] = []
+    index_rows: list[dict[str, Any]] = []
+    for bucket, lifetime in ATTRIBUTE_LIFETIMES.items():
+        seconds = int(lifetime.total_seconds())
+        for number in range(40):
+            actor = f"actor-{rng.randrange(12):02}"
+            created = epoch - rng.randrange(2 * seconds)  # about half are past their lifetime
+            name = uuid.UUID(int=rng.getrandbits(128), version=4).hex
+            attributes_rows.append(
+                {
+                    "actor_id": actor,
+                    "bucket": bucket,
+                    "name": name,
+                    "data": '{"scope": "demo"}',
+                    "timestamp": datetime.fromtimestamp(created, UTC),
+                    "ttl_timestamp": created + seconds,
+                }
+            )
+            if bucket.endswith("tokens"):
+                index_rows.append(
+                    {
+                        "index_name": bucket,
+                        "index_key": f"{bucket}-{number}",
+                        "actor_id": actor,
+                        "bucket": bucket,
+                        # every fifth entry points at an attribute that is already gone
+                        "name": name if number % 5 else f"revoked-{name}",
+                        "ttl_timestamp": created + seconds + int(INDEX_TTL_BUFFER.total_seconds()),
+                    }
+                )
+    attributes_rows += [  # permanent: no expiry
+        {
+            "actor_id": f"actor-{n:02}",
+            "bucket": "profile",
+            "name": "display_name",
+            "data": "x",
+            "timestamp": now,
+            "ttl_timestamp": None,
+        }
+        for n in range(12)
+    ]
+    carts = _sample_carts(rng, epoch)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(attributes), attributes_rows)
+        conn.execute(sa.insert(attribute_index), index_rows)
+        conn.execute(sa.insert(cart_activity), carts)
+    return {"attributes": len(attributes_rows), "index": len(index_rows), "carts": len(carts)}
+
+
+def _sample_carts(rng: random.Random, epoch: int) -> list[dict[str, Any]]:
+    products = [f"SKU-{n:04}" for n in range(1, 40)]
+    carts: list[dict[str, Any]] = []
+    for number in range(24):
+        kind = number % 4  # 0, 1: abandoned; 2: abandoned, anonymous or empty; 3: still active
+        expires = epoch + (rng.randrange(600, 86_400) if kind == 3 else -rng.randrange(60, 86_400))
+        carts.append(
+            {
+                "cart_id": f"cart-{number:04}",
+                "customer_id": None if kind == 2 and number % 8 == 2 else f"customer-{number:04}",
+                "product_ids": [] if kind == 2 and number % 8 == 6 else rng.sample(products, 3),
+                "expires_at": expires,
+            }
+        )
+    return carts

@@ -39,8 +39,9 @@ from pydantic_settings import SettingsError as SourceError
 from lifecycle.errors import ConfigError
 
 PREFIX = "LIFECYCLE_"
-#: Variables with our prefix that are not settings: the test suite's and benchmarks' own.
-FOREIGN_VARIABLES = re.compile(r"^LIFECYCLE_(TEST|BENCH)_")
+#: Variables with our prefix that are not settings: the workers' pull step (prefect.yaml), and
+#: the test suite's and benchmarks' own.
+FOREIGN_VARIABLES = re.compile(r"^LIFECYCLE_(GIT|TEST|BENCH)_")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 
 
@@ -56,7 +57,7 @@ def _not_a_bool(value: Any) -> Any:
 
 #: Numbers that refuse booleans (pydantic would take ``true`` as 1).
 Count = Annotated[int, BeforeValidator(_not_a_bool)]
-Seconds = Annotated[float, BeforeValidator(_not_a_bool)]
+Real = Annotated[float, BeforeValidator(_not_a_bool)]
 
 
 def _iso_duration(value: Any) -> Any:
@@ -84,9 +85,15 @@ def _http_url(value: str | None) -> str | None:
     parts = urlsplit(_one_line(value, "a URL"))
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http(s) URL such as https://host:port")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query string or fragment")
     if parts.username or parts.password:
         raise ValueError("must not contain credentials; they come from their own settings")
     return value
+
+
+#: An http(s) endpoint, checked when settings load.
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
 
 
 def _one_address(value: str) -> str:
@@ -109,6 +116,10 @@ class Group(BaseModel):
     """A nested group of settings: unknown keys are refused, not ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+#: A table or column name: checked against the live schema before use, never pasted into SQL.
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=63)]
 
 
 class ReferenceRule(Group):
@@ -168,6 +179,178 @@ class InactiveAccountsSettings(Group):
     )
 
 
+class BackfillSettings(Group):
+    """``LIFECYCLE_BACKFILL__*``: limits of the backfill flow."""
+
+    max_runs: Count = Field(
+        366, ge=1, le=10_000, description="The most dates one backfill may replay."
+    )
+
+
+# --- TTL purge (LIFECYCLE_TTL_PURGE__*) and abandoned carts (LIFECYCLE_ABANDONED_CARTS__*) ---
+
+
+class OrphanRule(Group):
+    """Rows of a purge target whose primary row (in ``table``, matched on ``columns``) is gone."""
+
+    table: Identifier
+    columns: dict[Identifier, Identifier] = Field(
+        min_length=1, description="Column of the target -> column of the primary table."
+    )
+
+
+class PurgeTarget(Group):
+    """One table the TTL purge keeps clean: rows whose expiry is in the past are deleted."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=40)
+    table: Identifier
+    expiry_column: Identifier
+    expiry_kind: Literal["epoch", "timestamp"] = Field(
+        description="epoch: integer Unix seconds; timestamp: a date-time column."
+    )
+    batch_size: Count = Field(10_000, ge=100, le=100_000, description="Rows per transaction.")
+    strategy: Literal["auto", "blocks", "index"] = "auto"
+    orphan_of: OrphanRule | None = None
+    action: Literal["abandoned-cart"] | None = Field(
+        None, description="Run this on expired rows before they go (abandoned-cart: report it)."
+    )
+
+    @model_validator(mode="after")
+    def _action_fits(self) -> PurgeTarget:
+        if self.action == "abandoned-cart" and (
+            self.table,
+            self.expiry_column,
+            self.expiry_kind,
+        ) != ("cart_activity", "expires_at", "epoch"):
+            raise ValueError(
+                "the abandoned-cart action runs on table cart_activity, expiry_column "
+                "expires_at, expiry_kind epoch"
+            )
+        if self.action and self.orphan_of:
+            raise ValueError("a target has either an action or orphan_of, not both")
+        if self.orphan_of and self.strategy == "index":
+            raise ValueError("orphans can be anywhere: a target with orphan_of walks its blocks")
+        return self
+
+
+def reference_targets() -> list[PurgeTarget]:
+    """The maintenance guide's tables: attributes with ``ttl_timestamp``, and its index entries
+    (which also go when their attribute is gone)."""
+    return [
+        PurgeTarget(
+            name="attributes",
+            table="attributes",
+            expiry_column="ttl_timestamp",
+            expiry_kind="epoch",
+        ),
+        PurgeTarget(
+            name="attribute-index",
+            table="attribute_index",
+            expiry_column="ttl_timestamp",
+            expiry_kind="epoch",
+            orphan_of=OrphanRule(
+                table="attributes",
+                columns={"actor_id": "actor_id", "bucket": "bucket", "name": "name"},
+            ),
+        ),
+    ]
+
+
+class DynamoTtlTable(Group):
+    """A DynamoDB table whose native TTL the purge enables, verifies and monitors."""
+
+    table: str = Field(pattern=r"^[A-Za-z0-9_.-]{3,255}$")
+    attribute: str = Field(min_length=1, max_length=255)
+
+
+class TtlPurgeSettings(Group):
+    """``LIFECYCLE_TTL_PURGE__*``: what the ``ttl-purge`` flow purges, and how."""
+
+    targets: list[PurgeTarget] = Field(default_factory=reference_targets)
+    dynamodb_tables: list[DynamoTtlTable] = Field(default_factory=list)
+    block_walk_above: Real = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="Walk the table by block ranges when more than this share of its rows is "
+        "expired; below it, walk the expiry index.",
+    )
+    lock_wait_ms: Count = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="A block batch waits at most this long for a row the application holds, "
+        "then redoes the range skipping locked rows (PostgreSQL).",
+    )
+    vacuum_after_rows: Count = Field(
+        100_000, ge=0, description="VACUUM a PostgreSQL table after a run deleted this many rows."
+    )
+    backlog_alert_rows: Count = Field(
+        100_000, ge=1, description="Emit an event when more expired rows remain after a run."
+    )
+    backlog_alert_age_seconds: Count = Field(
+        86_400, ge=60, description="... or when the oldest expired row is older than this."
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, targets: list[PurgeTarget]) -> list[PurgeTarget]:
+        names = [target.name for target in targets]
+        if len(names) != len(set(names)):
+            raise ValueError(f"target names must be unique, got {names}")
+        return targets
+
+
+class DynamoCartTable(Group):
+    """A DynamoDB cart-activity table whose TTL deletions are abandoned carts."""
+
+    table: str = Field(pattern=r"^[A-Za-z0-9_.-]{3,255}$")
+    key_attribute: str = "cartid"
+    ttl_attribute: str = "ttl"
+    customer_attribute: str = "customerid"
+    products_attribute: str = "productids"
+
+
+class AbandonedCartsSettings(Group):
+    """``LIFECYCLE_ABANDONED_CARTS__*``: where abandoned carts are reported, and from where."""
+
+    marketing_url: HttpUrl | None = Field(
+        None, description="Endpoint that receives abandoned carts (POST, JSON, signed)."
+    )
+    marketing_secret: SecretStr | None = Field(
+        None, description="Shared secret of the HMAC-SHA256 signature; required with the URL."
+    )
+    request_timeout_seconds: Real = Field(10.0, gt=0, le=120)
+    retry_budget_seconds: Real = Field(
+        60.0, ge=0, le=900, description="Total waiting between retries of one cart."
+    )
+    keep_rejected_days: Count = Field(
+        30, ge=1, le=3650, description="A cart the suite refused (4xx) is purged after this."
+    )
+    dynamodb_tables: list[DynamoCartTable] = Field(default_factory=list)
+    stream_page_size: Count = Field(100, ge=1, le=1000)
+    sweep_grace_seconds: Count = Field(
+        3600,
+        ge=0,
+        le=7 * 86_400,
+        description="The DynamoDB sweep reports carts expired at least this long ago that TTL "
+        "has not removed yet (TTL may lag up to 48 hours).",
+    )
+
+    @model_validator(mode="after")
+    def _secret_with_url(self) -> AbandonedCartsSettings:
+        if self.marketing_secret is not None and len(self.marketing_secret.get_secret_value()) < 16:
+            raise ValueError(
+                "LIFECYCLE_ABANDONED_CARTS__MARKETING_SECRET must be at least 16 characters"
+            )
+        if self.marketing_url and self.marketing_secret is None:
+            raise ValueError(
+                "LIFECYCLE_ABANDONED_CARTS__MARKETING_SECRET is required when "
+                "LIFECYCLE_ABANDONED_CARTS__MARKETING_URL is set"
+            )
+        return self
+
+
 #: Names of processors: they appear in tags (processor:<name>), alerts and receipts.
 _PROCESSOR_NAME = r"^[a-z0-9][a-z0-9-]{0,38}$"
 #: A Prefect Secret block name (resolved by the tasks, above lifecycle/).
@@ -186,7 +369,9 @@ class ProcessorSettings(Group):
 
     name: str = Field(pattern=_PROCESSOR_NAME, description="Our name for it (tags, receipts).")
     enabled: bool = True
-    base_url: str | None = Field(None, description="API root; vendors default to their region's.")
+    base_url: HttpUrl | None = Field(
+        None, description="API root; vendors default to their region's."
+    )
     token: SecretStr | None = None
     token_block: str | None = Field(None, pattern=_BLOCK_NAME)
     escalate_after: Annotated[Duration, Field(ge=timedelta(hours=1), le=timedelta(days=365))] = (
@@ -198,13 +383,11 @@ class ProcessorSettings(Group):
     )
     concurrency: Count = Field(8, ge=1, le=256, description="Calls in flight at once.")
     ids_per_request: Count = Field(1, ge=1, le=5000, description="User ids per start call.")
-    rate_per_second: Seconds = Field(10.0, gt=0, le=10_000, description="Calls per second at most.")
-    timeout_seconds: Seconds = Field(10.0, gt=0, le=300, description="Per call and per read.")
-    retry_budget_seconds: Seconds = Field(
+    rate_per_second: Real = Field(10.0, gt=0, le=10_000, description="Calls per second at most.")
+    timeout_seconds: Real = Field(10.0, gt=0, le=300, description="Per call and per read.")
+    retry_budget_seconds: Real = Field(
         120.0, ge=0, le=3600, description="Waiting between retries of one call, at most."
     )
-
-    _check_base_url = field_validator("base_url")(_http_url)
 
     @model_validator(mode="after")
     def _require_token(self) -> ProcessorSettings:
@@ -227,7 +410,7 @@ class RestProcessorSettings(ProcessorSettings):
     """
 
     kind: Literal["rest"]
-    base_url: str = Field(description="API root, e.g. https://privacy.example.com/v1")
+    base_url: HttpUrl = Field(description="API root, e.g. https://privacy.example.com/v1")
     start_path: str = Field("/deletions", pattern=_API_PATH)
     status_path: str = Field("/deletions/{operation_id}", pattern=_API_PATH)
     body: dict[str, Any] = Field(
@@ -277,7 +460,7 @@ class MixpanelSettings(ProcessorSettings):
     # "1 request per second for GDPR APIs"; "up to 1999 distinct IDs" per deletion.
     concurrency: Count = Field(1, ge=1, le=256)
     ids_per_request: Count = Field(1999, ge=1, le=1999)
-    rate_per_second: Seconds = Field(1.0, gt=0, le=1)
+    rate_per_second: Real = Field(1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _require_project_token(self) -> MixpanelSettings:
@@ -299,7 +482,7 @@ class SegmentSettings(ProcessorSettings):
     regulation_type: Literal["SUPPRESS_WITH_DELETE", "DELETE_ONLY"] = "SUPPRESS_WITH_DELETE"
     # 600 create calls per minute; at most 5000 user ids per call.
     ids_per_request: Count = Field(100, ge=1, le=5000)
-    rate_per_second: Seconds = Field(10.0, gt=0, le=10)
+    rate_per_second: Real = Field(10.0, gt=0, le=10)
 
 
 AnyProcessor = Annotated[
@@ -360,7 +543,10 @@ class Settings(BaseSettings):
     storage_url: str | None = Field(
         None, description="s3://bucket/prefix or file:///path; default: data_dir/storage."
     )
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: HttpUrl | None = None
+    storage_timeout_seconds: Real = Field(
+        10.0, gt=0, le=300, description="How long an S3 request waits for an answer."
+    )
     aws_region: str = "us-east-1"
 
     mail_backend: Literal["outbox", "smtp", "ses"] = "outbox"
@@ -371,10 +557,10 @@ class Settings(BaseSettings):
     smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
-    smtp_timeout_seconds: Seconds = Field(30.0, gt=0, le=300)
-    ses_endpoint_url: str | None = None
+    smtp_timeout_seconds: Real = Field(30.0, gt=0, le=300)
+    ses_endpoint_url: HttpUrl | None = None
     ses_configuration_set: str | None = None
-    mail_rate_per_second: Seconds = Field(
+    mail_rate_per_second: Real = Field(
         14.0,
         ge=0,
         le=1000,
@@ -390,13 +576,25 @@ class Settings(BaseSettings):
     pseudonym_key: SecretStr | None = Field(
         None, description="HMAC key for user-id hashes in receipts and events."
     )
+    alert_webhook_url: SecretStr | None = Field(
+        None,
+        description="Where failed runs and alerts are posted (Slack incoming webhook or any "
+        "URL taking JSON); used by deployments/bootstrap.py.",
+    )
     deletions_paused: bool = Field(
         False,
         description="Kill switch: every run skips deletions (and says so); warnings go on.",
     )
     deletion_plan: DeletionPlanSettings = Field(default_factory=DeletionPlanSettings)
 
+    dynamodb_endpoint_url: HttpUrl | None = Field(
+        None, description="DynamoDB (and Streams) endpoint, for local emulators; default AWS."
+    )
+
     inactive_accounts: InactiveAccountsSettings = Field(default_factory=InactiveAccountsSettings)
+    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
+    ttl_purge: TtlPurgeSettings = Field(default_factory=TtlPurgeSettings)
+    abandoned_carts: AbandonedCartsSettings = Field(default_factory=AbandonedCartsSettings)
     consent_deletion: ConsentDeletionSettings = Field(default_factory=ConsentDeletionSettings)
 
     @field_validator("database_url")
@@ -437,8 +635,16 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL such as https://app.example.com")
         return value
 
-    _check_endpoints = field_validator("s3_endpoint_url", "ses_endpoint_url")(_http_url)
     _check_folders = field_validator("data_dir", "outbox_dir")(_not_a_file)
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_alert_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parts = urlsplit(_one_line(value.get_secret_value(), "a URL"))
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http(s) URL")  # never echo it: it holds a token
+        return value
 
     @field_validator("aws_region")
     @classmethod
@@ -475,6 +681,12 @@ class Settings(BaseSettings):
             raise ValueError("LIFECYCLE_SMTP_PASSWORD must not be empty")
         if self.pseudonym_key is not None and len(self.pseudonym_key.get_secret_value()) < 16:
             raise ValueError("LIFECYCLE_PSEUDONYM_KEY must be at least 16 characters")
+        acting = [t.name for t in self.ttl_purge.targets if t.action == "abandoned-cart"]
+        if acting and not self.abandoned_carts.marketing_url:
+            raise ValueError(
+                f"LIFECYCLE_ABANDONED_CARTS__MARKETING_URL is required: TTL purge target(s) "
+                f"{acting} report abandoned carts"
+            )
         return self
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
@@ -32,8 +33,8 @@ from lifecycle.clients.mail.backends import Mailer
 from lifecycle.clients.mail.message import OutgoingMail
 from lifecycle.clients.mail.pacing import PacedSender
 from lifecycle.common.batch import LOGGED_FAILURES, BatchReport, RunSummary
-from lifecycle.errors import ConfigError, is_retryable
-from lifecycle.settings import Settings
+from lifecycle.errors import ConfigError, RunFailed, is_retryable
+from lifecycle.settings import Settings, get_settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -70,30 +71,36 @@ def batch_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
 B = TypeVar("B", bound=BatchReport)
 
 
-def report_batch(report: B, events: Mapping[str, str]) -> B:
+def report_batch(report: B, events: Mapping[str, str], *, subject_label: str = "accounts") -> B:
     """Log the batch and emit one event per outcome in ``events`` (outcome -> event name).
 
     One event per batch, not per item: an event per account would cost the Prefect server
-    more than the work itself. The payload lists the items by pseudonym.
+    more than the work itself. The payload lists the items by pseudonym under
+    ``subject_label`` ("accounts", "customers", ...).
     """
     logger = get_run_logger()
     for outcome, event in events.items():
         subjects = report.subjects.get(outcome, [])
         if subjects:
-            emit_event(
-                event=event,
-                resource={
-                    "prefect.resource.id": f"lifecycle.batch.{task_run.get_id()}",
-                    "prefect.resource.name": task_run.get_name() or "batch",
-                },
-                payload={"count": len(subjects), "accounts": subjects},
-            )
+            emit_batch_event(event, {"count": len(subjects), subject_label: subjects})
     for failure in report.failures[:LOGGED_FAILURES]:
         logger.error("item %s failed at %s: %s", failure.subject[:16], failure.stage, failure.error)
     if len(report.failures) > LOGGED_FAILURES:
         logger.error("... and %d more failures", len(report.failures) - LOGGED_FAILURES)
     logger.info("batch: %s", dict(report.counts))
     return report
+
+
+def emit_batch_event(event: str, payload: dict[str, Any]) -> None:
+    """An event about the running task's batch (resource ``lifecycle.batch.<task run id>``)."""
+    emit_event(
+        event=event,
+        resource={
+            "prefect.resource.id": f"lifecycle.batch.{task_run.get_id()}",
+            "prefect.resource.name": task_run.get_name() or "batch",
+        },
+        payload=payload,
+    )
 
 
 # --- the kill switch ---------------------------------------------------------------------------
@@ -112,6 +119,15 @@ def deletions_paused(settings: Settings) -> bool:
     if value not in _ON | _OFF:
         raise ConfigError(f"Prefect variable {PAUSE_VARIABLE} must be true or false")
     return value in _ON
+
+
+@task(name="check-kill-switch", cache_policy=NO_CACHE)
+def kill_switch() -> bool:
+    """Whether deletions are paused, read once per run."""
+    paused = deletions_paused(get_settings())
+    if paused:
+        get_run_logger().warning("deletions are paused (kill switch): nothing is deleted")
+    return paused
 
 
 # --- the shared mail rate ---------------------------------------------------------------------
@@ -162,6 +178,7 @@ def mutex_client() -> Iterator[SyncPrefectClient]:
         yield client
 
 
+@dataclass(kw_only=True)
 class PrefectLeaseMutex:
     """Holds the single slot of a Prefect global concurrency limit under a lease.
 
@@ -170,37 +187,32 @@ class PrefectLeaseMutex:
     every hand-over between senders.
     """
 
-    def __init__(
-        self,
-        *,
-        client: SyncPrefectClient,
-        limit_name: str,
-        lease_seconds: float = 120.0,
-        poll_seconds: float = 0.02,
-        timeout_seconds: float = 3600.0,
-        release_seconds: float = 30.0,
-    ) -> None:
-        self._client = client
-        self._name = limit_name
-        self._lease_seconds = lease_seconds
-        self._poll_seconds = poll_seconds
-        self._timeout_seconds = timeout_seconds
-        self._release_seconds = release_seconds
-        self._lease_id: UUID | None = None
+    client: SyncPrefectClient
+    limit_name: str
+    lease_seconds: float = 120.0
+    poll_seconds: float = 0.02
+    timeout_seconds: float = 3600.0
+    release_seconds: float = 30.0
+    _lease_id: UUID | None = field(default=None, init=False)
 
     def acquire(self) -> None:
         response = self._until_answered(
-            lambda: self._client.increment_concurrency_slots_with_lease(
-                names=[self._name], slots=1, mode="concurrency", lease_duration=self._lease_seconds
+            lambda: self.client.increment_concurrency_slots_with_lease(
+                names=[self.limit_name],
+                slots=1,
+                mode="concurrency",
+                lease_duration=self.lease_seconds,
             ),
-            self._timeout_seconds,
+            self.timeout_seconds,
         )
         if response is None:
-            raise TimeoutError(f"waited {self._timeout_seconds:.0f}s for mail limit {self._name!r}")
+            raise TimeoutError(
+                f"waited {self.timeout_seconds:.0f}s for mail limit {self.limit_name!r}"
+            )
         answer = response.json()
         if not answer.get("limits"):
             raise ConfigError(
-                f"global concurrency limit {self._name!r} does not exist or is inactive; "
+                f"global concurrency limit {self.limit_name!r} does not exist or is inactive; "
                 "run `python -m deployments.bootstrap`"
             )
         self._lease_id = UUID(str(answer["lease_id"]))
@@ -212,8 +224,8 @@ class PrefectLeaseMutex:
         lease_id, self._lease_id = self._lease_id, None
         try:
             self._until_answered(
-                lambda: self._client.release_concurrency_slots_with_lease(lease_id),
-                self._release_seconds,
+                lambda: self.client.release_concurrency_slots_with_lease(lease_id),
+                self.release_seconds,
             )
         except PrefectHTTPStatusError as exc:
             if exc.response.status_code != 404:  # 404: the lease already expired
@@ -235,7 +247,7 @@ class PrefectLeaseMutex:
                     raise
             if time.monotonic() > deadline:
                 return None
-            time.sleep(self._poll_seconds)
+            time.sleep(self.poll_seconds)
 
 
 @contextmanager
@@ -251,6 +263,13 @@ def paced_mail(settings: Settings, mailer: Mailer) -> Iterator[Callable[[Outgoin
             mailer=mailer, mutex=mutex, rate_per_second=settings.mail_rate_per_second
         ) as sender:
             yield sender.send
+
+
+def conclude(summary: RunSummary, what: str, advice: str) -> None:
+    """Log the run's summary, and fail the run (:class:`RunFailed`) when items failed."""
+    get_run_logger().info("summary: %s", summary.line())
+    if summary.failed:
+        raise RunFailed(f"{summary.failed} {what} failed ({advice}). Summary: {summary.line()}")
 
 
 @contextmanager
@@ -277,3 +296,8 @@ def publish_summary(process: str, title: str, summary: RunSummary) -> None:
     run = (flow_run.get_id() or "local")[:8]
     key = f"{process}-{kind}-{summary.as_of:%Y%m%d-%H%M%S}-{run}"
     create_table_artifact(key=key, table=summary.rows(), description=f"{title}: {summary.line()}")
+
+
+def publish_table(key: str, description: str, rows: list[dict[str, Any]]) -> None:
+    """Any table (a list of rows with the same keys) as an artifact in the Prefect UI."""
+    create_table_artifact(key=key, table=rows, description=description)

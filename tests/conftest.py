@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -74,14 +75,13 @@ def _text(value: object) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-@pytest.fixture
-def postgres_url(postgres_admin_url: str) -> Iterator[str]:
-    """A fresh, migrated database on the PostgreSQL server, dropped afterwards."""
+@contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """A new, migrated database on the PostgreSQL server, dropped afterwards."""
     name = f"lifecycle_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+    with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    info = psycopg.conninfo.conninfo_to_dict(postgres_admin_url)
-    info["dbname"] = name
+    info = psycopg.conninfo.conninfo_to_dict(admin_url)
     url = sa.engine.URL.create(
         "postgresql+psycopg",
         username=_text(info.get("user")),
@@ -96,8 +96,15 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     finally:
         get_engine(url).dispose()
         get_engine.cache_clear()
-        with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, migrated database on the PostgreSQL server, dropped afterwards."""
+    with fresh_database(postgres_admin_url) as url:
+        yield url
 
 
 @pytest.fixture

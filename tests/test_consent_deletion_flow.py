@@ -26,6 +26,8 @@ from tasks.consent_deletion import emit_consent_revoked
 from tests.support.clock import days_ago
 from tests.support.factories import insert_user
 from tests.support.http_server import Reply, ScriptedHttpServer
+from tests.support.outbox import outbox, text_of
+from tests.support.prefect_runs import run_events, run_text
 from tests.support.processors import (
     CONTACTS,
     TOKEN,
@@ -33,7 +35,6 @@ from tests.support.processors import (
     simulator_processor,
     unique_id,
 )
-from tests.support.records import outbox, run_events, run_text, text_of
 
 #: Tests of behaviour that does not depend on the database run on SQLite only.
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -151,7 +152,7 @@ def test_slow_completion_is_escalated_exactly_once_after_three_days(
         assert "@" not in body.replace(mail["To"], "")  # names no user's address
     (event,) = [
         e
-        for e in run_events(state.state_details.flow_run_id, expected=1)
+        for e in run_events(state.state_details.flow_run_id)
         if e.event == "lifecycle.consent.deletion.escalated"
     ]
     assert event.payload == {"operation_id": operation_id, "subject": pseudonym(user_id)}

@@ -112,6 +112,41 @@ def test_foreign_key_not_covered_by_plan(engine: sa.Engine, comments: sa.Table) 
     }
 
 
+@pytest.fixture
+def stamps(engine: sa.Engine) -> Iterator[sa.Table]:
+    """An application table with an integer column and one pointing at another table."""
+    metadata = sa.MetaData()
+    sa.Table("teams", metadata, sa.Column("id", sa.String(36), primary_key=True))
+    table = sa.Table(
+        "stamps",
+        metadata,
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("number", sa.Integer()),
+        sa.Column("team_id", sa.String(36), sa.ForeignKey("teams.id")),
+    )
+    metadata.create_all(engine)
+    yield table
+    metadata.drop_all(engine)
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [
+        ("number", r"stamps\.number is INTEGER, but user ids are strings"),
+        ("team_id", r"stamps\.team_id points at teams\.id, not at users\.id"),
+    ],
+)
+def test_reference_that_holds_no_user_ids(
+    engine: sa.Engine, stamps: sa.Table, column: str, message: str
+) -> None:
+    rules = [
+        *DeletionPlanSettings().references,
+        ReferenceRule(table="stamps", column=column, action="delete"),
+    ]
+    with pytest.raises(DeletionPlanError, match=message):
+        resolve_plan(engine, DeletionPlanSettings(references=rules))
+
+
 @pytest.mark.parametrize(
     ("table", "column"),
     [

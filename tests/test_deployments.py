@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import uuid
 import zoneinfo
 from pathlib import Path
 from typing import Any
 
+import prefect
 import pytest
 import yaml
 from prefect.cli.deploy._models import (
@@ -30,7 +32,8 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule, RRu
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.flows import Flow, load_flow_from_entrypoint
 
-from deployments.bootstrap import WORK_POOL, bootstrap
+from deployments.bootstrap import RUN_FAILED, WORK_POOL, bootstrap
+from tests.support.http_server import Reply, ScriptedHttpServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "prefect.yaml"
@@ -60,6 +63,15 @@ DOCUMENTED_PARAMETERS = {
         "delete_after_days",
         "batch_size",
         "max_deletions",
+    },
+    "ttl-purge": {"as_of", "dry_run", "targets", "max_runtime", "vacuum", "check_dynamodb"},
+    "abandoned-carts": {
+        "as_of",
+        "dry_run",
+        "batch_size",
+        "max_runtime",
+        "read_streams",
+        "sweep_dynamodb",
     },
     "consent-deletion-start": {"as_of", "dry_run", "max_concurrency"},
     "consent-deletion-poll": {"as_of", "dry_run", "max_concurrency", "escalate_after"},
@@ -251,6 +263,8 @@ def test_parameters_are_documented(deployment: dict[str, Any], flow: Flow[Any, A
     properties = flow.parameters.properties
     undocumented = sorted(name for name, spec in properties.items() if not spec.get("description"))
     assert not undocumented, f"{flow.name}: parameters without a description: {undocumented}"
+    untitled = sorted(name for name, spec in properties.items() if spec.get("title") == name)
+    assert not untitled, f"{flow.name}: parameters the UI shows by their code name: {untitled}"
 
 
 # --- no secrets ---------------------------------------------------------------------------------
@@ -323,6 +337,43 @@ def test_bootstrap_resets_a_changed_limit(limit_name: str) -> None:
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(limit_name)
     assert (limit.limit, limit.slot_decay_per_second) == (1, 0.0)
+
+
+@prefect.flow(name="lifecycle-test-failing")
+def failing_flow() -> None:
+    raise RuntimeError("disk on fire")
+
+
+def test_bootstrap_alerts_on_failed_runs_through_a_webhook(
+    limit_name: str, monkeypatch: pytest.MonkeyPatch, http_server: ScriptedHttpServer
+) -> None:
+    http_server.reply("POST", "/hook", Reply(200, {}))
+    monkeypatch.setenv("LIFECYCLE_ALERT_WEBHOOK_URL", f"{http_server.url}/hook")
+    bootstrap()
+    bootstrap()  # idempotent: one automation of that name, updated in place
+    with get_client(sync_client=True) as client:
+        named = [a for a in client.read_automations() if a.name == RUN_FAILED]
+    assert len(named) == 1
+
+    with prefect.tags("lifecycle"):
+        failing_flow(return_state=True)
+
+    deadline = time.monotonic() + 30
+    while not http_server.received("POST", "/hook"):
+        assert time.monotonic() < deadline, "no alert reached the webhook"
+        time.sleep(0.2)
+    [alert] = http_server.received("POST", "/hook")
+    body = alert.json()
+    assert body["subject"].startswith("[lifecycle] lifecycle-test-failing run ")
+    assert "Failed" in body["subject"] and "disk on fire" in body["text"]
+
+
+def test_workers_fetch_the_code_from_the_repository_their_environment_names() -> None:
+    [step] = _raw()["pull"]
+    assert step == {
+        "prefect.deployments.steps.git_clone": {"repository": "{{ $LIFECYCLE_GIT_REPOSITORY }}"}
+    }
+    assert all("pull" not in deployment for deployment in _deployments())
 
 
 def test_bootstrap_caps_each_processor(limit_name: str, monkeypatch: pytest.MonkeyPatch) -> None:

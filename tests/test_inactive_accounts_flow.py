@@ -17,7 +17,8 @@ from lifecycle.processes.inactive_accounts.steps import SweepSummary
 from lifecycle.settings import Settings
 from tests.support.clock import NOW, days_ago
 from tests.support.factories import insert_user, storage_of, user_row
-from tests.support.records import outbox, run_events, run_text
+from tests.support.outbox import outbox
+from tests.support.prefect_runs import run_events, run_text
 
 
 def table_count(engine: sa.Engine, table: sa.Table) -> int:
@@ -206,7 +207,7 @@ def test_one_event_per_batch_lists_accounts_by_pseudonym(
 ) -> None:
     state = inactive_accounts(return_state=True)
     assert state.is_completed()
-    events = run_events(state.state_details.flow_run_id)
+    events = run_events(state.state_details.flow_run_id, minimum=2)
 
     by_name = {event.event: event for event in events}
     assert sorted(by_name) == ["lifecycle.account.deleted", "lifecycle.account.warned"]
@@ -221,8 +222,7 @@ def test_no_email_address_in_logs_artifacts_or_events(
 ) -> None:
     state = inactive_accounts(return_state=True)
     assert state.is_completed()
-    text = run_text(state.state_details.flow_run_id)
-    assert "lifecycle.account.deleted" in text
+    text = run_text(state.state_details.flow_run_id, minimum_events=2)
     assert "@example.com" not in text
     for user_id in population.values():
         assert user_id not in text

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -19,7 +14,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from lifecycle.clients.mail.message import OutgoingMail
 from lifecycle.clients.mail.pacing import SAFETY, PacedSender
 from tasks._prefect import PrefectLeaseMutex, ensure_mail_limit, mutex_client
-from tests.support.http_server import closed_port
+from tests.support.http_server import Reply, ScriptedHttpServer, closed_port
 
 MAIL = OutgoingMail(to="a@example.com", subject="s", text="t", html="<p>h</p>")
 
@@ -184,80 +179,37 @@ def test_missing_limit_is_an_error_not_a_silent_skip() -> None:
             mutex.acquire()
 
 
-class BusyPrefectApi(ThreadingHTTPServer):
-    """A stand-in Prefect API that answers each path from a script of (status, body)."""
-
-    def __init__(self, script: dict[str, list[tuple[int, dict[str, object]]]]) -> None:
-        self.script, self.calls = script, Counter[str]()
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # /csrf-token, answered as a server without CSRF checks
-                self._answer(422, {"detail": "CSRF protection is disabled."})
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
-                path = self.path.removeprefix("/api")
-                api.calls[path] += 1
-                self._answer(*api.script[path].pop(0))
-
-            def _answer(self, status: int, body: dict[str, object]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/api"
-
-
-@pytest.fixture
-def busy_api() -> Iterator[BusyPrefectApi]:
-    lease = str(uuid.uuid4())
-    api = BusyPrefectApi(
-        {
-            "/v2/concurrency_limits/increment-with-lease": [
-                (503, {"detail": "database is locked"}),
-                (423, {"detail": "slot held"}),
-                (429, {"detail": "slow down"}),
-                (200, {"limits": [{"name": "mail", "limit": 1}], "lease_id": lease}),
-            ],
-            "/v2/concurrency_limits/decrement-with-lease": [
-                (503, {"detail": "database is locked"}),
-                (200, {}),
-            ],
-        }
-    )
-    thread = threading.Thread(target=api.serve_forever, daemon=True)
-    thread.start()
-    yield api
-    api.shutdown()
-    api.server_close()
+INCREMENT = "/api/v2/concurrency_limits/increment-with-lease"
+DECREMENT = "/api/v2/concurrency_limits/decrement-with-lease"
 
 
 def test_mutex_polls_again_on_busy_answers_instead_of_backing_off(
-    busy_api: BusyPrefectApi, monkeypatch: pytest.MonkeyPatch
+    http_server: ScriptedHttpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A 503 or 429 is asked again after poll_seconds, never through the client's backoff."""
+    lease = str(uuid.uuid4())
+    http_server.reply(
+        "POST",
+        INCREMENT,
+        Reply(503, {"detail": "database is locked"}),
+        Reply(423, {"detail": "slot held"}),
+        Reply(429, {"detail": "slow down"}),
+        Reply(200, {"limits": [{"name": "mail", "limit": 1}], "lease_id": lease}),
+    )
+    http_server.reply("POST", DECREMENT, Reply(503, {"detail": "database is locked"}), Reply(200))
     sleeps: list[float] = []  # the Prefect client's backoff would sleep here for seconds
     monkeypatch.setattr(time, "sleep", sleeps.append)
-    with temporary_settings({PREFECT_API_URL: busy_api.url}), mutex_client() as client:
+    api = f"{http_server.url}/api"
+    with temporary_settings({PREFECT_API_URL: api}), mutex_client() as client:
         mutex = PrefectLeaseMutex(client=client, limit_name="mail")
         mutex.acquire()
         mutex.release()
 
-    assert busy_api.calls == {
-        "/v2/concurrency_limits/increment-with-lease": 4,
-        "/v2/concurrency_limits/decrement-with-lease": 2,
-    }
+    calls = (
+        len(http_server.received("POST", INCREMENT)),
+        len(http_server.received("POST", DECREMENT)),
+    )
+    assert calls == (4, 2)
     assert sleeps == [0.02] * 4  # poll_seconds after each of the 3 + 1 busy answers
 
 

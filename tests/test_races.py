@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import email
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -10,21 +15,19 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from prefect.settings import PREFECT_API_URL
 
 from flows.inactive_accounts import inactive_accounts
 from lifecycle.clients.storage import LocalStorage
-from lifecycle.common.batch import Breaker
 from lifecycle.common.claims import Claim
-from lifecycle.common.erasure import resolve_plan
 from lifecycle.db.engine import get_engine
 from lifecycle.db.schema import deletion_receipts, users
 from lifecycle.processes.inactive_accounts import queries
 from lifecycle.processes.inactive_accounts.queries import DeletionQueue
 from lifecycle.processes.inactive_accounts.rules import Policy
-from lifecycle.processes.inactive_accounts.steps import SweepContext, delete_batch
-from lifecycle.settings import DeletionPlanSettings, Settings
+from lifecycle.settings import Settings
 from tests.support.clock import NOW, days_ago
-from tests.support.factories import insert_user, storage_of, user_row
+from tests.support.factories import delete_due_batch, insert_user, storage_of, user_row
 
 POLICY = Policy()
 LEASE = timedelta(minutes=15)
@@ -100,16 +103,7 @@ def test_user_who_visits_during_a_batch_is_not_deleted(engine: sa.Engine, tmp_pa
     for user_id in [*first_group, visitor]:
         storage.put(f"users/{user_id}/file.txt", b"x")
 
-    report = delete_batch(
-        SweepContext(engine=engine, policy=POLICY, as_of=NOW, dry_run=False, lease=LEASE),
-        queue=DeletionQueue.DUE,
-        storage=storage,
-        plan=resolve_plan(engine, DeletionPlanSettings()),
-        breaker=Breaker("storage"),
-        after=None,
-        limit=100,
-        budget=100,
-    )
+    report = delete_due_batch(engine, storage, "storage")
 
     assert report.counts["deleted"] == CLAIM_GROUP and report.counts["skipped"] == 1
     assert all(user_row(engine, user_id) is None for user_id in first_group)
@@ -261,3 +255,70 @@ def test_two_concurrent_runs_never_mail_or_delete_twice(
         ).scalar()
     assert receipts == 12 and remaining == 0
     assert all(user_row(engine, uid).deletion_warning_sent_at for uid in warn_ids)  # type: ignore[union-attr]
+
+
+KILL_ROUNDS = 4
+
+
+def _run_flow_in_a_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    code = "from flows.inactive_accounts import inactive_accounts; inactive_accounts(batch_size=7)"
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _mails(outbox: Path) -> list[str]:
+    return [email.message_from_bytes(p.read_bytes())["To"] for p in outbox.glob("*.eml")]
+
+
+@pytest.mark.postgres
+def test_a_killed_worker_repeats_at_most_the_mail_in_flight(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Workers killed (SIGKILL) mid-batch, again and again: each kill repeats at most one mail."""
+    engine = get_engine(postgres_url)
+    ids = [insert_user(engine, last_visit_at=days_ago(61 + i % 40)) for i in range(60)]
+    settings = {
+        "LIFECYCLE_DATA_DIR": str(tmp_path / "data"),
+        "LIFECYCLE_DATABASE_URL": postgres_url,
+        "LIFECYCLE_MAIL_RATE_PER_SECOND": "25",
+    }
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")},
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        **settings,
+    }
+    outbox = tmp_path / "data" / "outbox"
+    for round_ in range(KILL_ROUNDS):
+        before = len(_mails(outbox))
+        # A mail limit of its own per worker: a killed holder keeps its slot until its lease ends.
+        limit = {"LIFECYCLE_MAIL_LIMIT_NAME": f"kill-{round_}-{os.getpid()}"}
+        worker = _run_flow_in_a_worker({**env, **limit})
+        deadline = time.monotonic() + 60
+        while len(_mails(outbox)) < before + 5 and worker.poll() is None:
+            assert time.monotonic() < deadline, "the worker sent nothing"
+            time.sleep(0.01)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        with engine.begin() as conn:  # the killed worker's claims: as if their leases ran out
+            conn.execute(
+                sa.update(users)
+                .where(users.c.warning_claim_id.is_not(None))
+                .values(warning_lease_until=datetime.now(UTC) - timedelta(seconds=1))
+            )
+
+    for key in [k for k in os.environ if k.startswith("LIFECYCLE_")]:
+        monkeypatch.delenv(key)
+    for key, value in {**settings, "LIFECYCLE_MAIL_LIMIT_NAME": f"kill-end-{os.getpid()}"}.items():
+        monkeypatch.setenv(key, value)
+    inactive_accounts(batch_size=7)  # a healthy run finishes the job
+
+    mails = Counter(_mails(outbox))
+    addresses = {user_row(engine, user_id).email for user_id in ids}  # type: ignore[union-attr]
+    assert set(mails) == addresses  # everyone warned
+    assert sum(count - 1 for count in mails.values()) <= KILL_ROUNDS  # duplicates
+    assert all(user_row(engine, uid).deletion_warning_sent_at for uid in ids)  # type: ignore[union-attr]

@@ -110,3 +110,17 @@ def test_policy_needs_a_grace_period() -> None:
     with pytest.raises(ValueError, match="longer than warn_after"):
         Policy(warn_after=60 * DAY, delete_after=60 * DAY)
     assert Policy(warn_after=7 * DAY, delete_after=21 * DAY).grace == 14 * DAY
+
+
+def test_undelivered_warning_is_no_notice_until_the_user_visits() -> None:
+    bounced = Account(last_visit_at=days_ago(200), warning_undeliverable_at=days_ago(100))
+    assert decide(bounced, AS_OF) is Decision.UNDELIVERABLE  # never deleted on its strength
+    back = Account(last_visit_at=days_ago(61), warning_undeliverable_at=days_ago(100))
+    assert decide(back, AS_OF) is Decision.WARN  # a visit since: warned again when due
+    # With the `delete` setting the attempt was recorded as the warning too.
+    noticed = Account(
+        last_visit_at=days_ago(200),
+        warning_undeliverable_at=days_ago(31),
+        deletion_warning_sent_at=days_ago(31),
+    )
+    assert decide(noticed, AS_OF) is Decision.DELETE

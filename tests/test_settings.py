@@ -376,6 +376,108 @@ def test_folders_that_are_files_are_refused(
     assert f"{variable}: Value error, {file} is a file" in _error(env, **{variable: str(file)})
 
 
+# --- TTL purge and abandoned carts ------------------------------------------------------------
+
+
+TARGET = {
+    "name": "sessions",
+    "table": "sessions",
+    "expiry_column": "expires",
+    "expiry_kind": "epoch",
+}
+
+
+def test_targets_from_json(env: pytest.MonkeyPatch) -> None:
+    env.setenv("LIFECYCLE_TTL_PURGE__TARGETS", json.dumps([TARGET | {"batch_size": 500}]))
+    (target,) = get_settings().ttl_purge.targets
+    assert (target.name, target.batch_size, target.strategy) == ("sessions", 500, "auto")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"batch_size": True}, "BATCH_SIZE: Value error, must be a number"),
+        ({"batch_size": 50}, "BATCH_SIZE"),
+        ({"batchsize": 500}, "BATCHSIZE: Extra inputs are not permitted"),
+        ({"expiry_kind": "seconds"}, "EXPIRY_KIND"),
+        ({"table": "sessions; drop table users"}, "TABLE"),
+        ({"action": "abandoned-cart"}, "the abandoned-cart action runs on table cart_activity"),
+        (
+            {"strategy": "index", "orphan_of": {"table": "t", "columns": {"a": "a"}}},
+            "walks its blocks",
+        ),
+    ],
+)
+def test_bad_targets_name_the_variable(
+    env: pytest.MonkeyPatch, change: dict[str, Any], message: str
+) -> None:
+    text = _error(env, LIFECYCLE_TTL_PURGE__TARGETS=json.dumps([TARGET | change]))
+    assert "LIFECYCLE_TTL_PURGE__TARGETS" in text and message in text
+
+
+def test_duplicate_target_names(env: pytest.MonkeyPatch) -> None:
+    text = _error(env, LIFECYCLE_TTL_PURGE__TARGETS=json.dumps([TARGET, TARGET]))
+    assert "must be unique" in text
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"LIFECYCLE_TTL_PURGE__LOCK_WAIT_MS": "true"}, "LIFECYCLE_TTL_PURGE__LOCK_WAIT_MS"),
+        ({"LIFECYCLE_TTL_PURGE__BLOCK_WALK_ABOVE": "1.5"}, "BLOCK_WALK_ABOVE"),
+        ({"LIFECYCLE_TTL_PURGE__VACUUM_AFTER": "5"}, "VACUUM_AFTER: Extra inputs"),
+        (
+            {"LIFECYCLE_ABANDONED_CARTS__MARKETING_URL": "https://m.example.com/carts"},
+            "MARKETING_SECRET is required",
+        ),
+        (
+            {
+                "LIFECYCLE_ABANDONED_CARTS__MARKETING_URL": "https://m.example.com/carts",
+                "LIFECYCLE_ABANDONED_CARTS__MARKETING_SECRET": "",
+            },
+            "MARKETING_SECRET must be at least 16",
+        ),
+        ({"LIFECYCLE_ABANDONED_CARTS__MARKETING_URL": "ftp://m.example.com"}, "MARKETING_URL"),
+        ({"LIFECYCLE_ABANDONED_CARTS__MARKETING_URL": "https://m.example.com/c?k=v"}, "query"),
+        ({"LIFECYCLE_DYNAMODB_ENDPOINT_URL": "localhost:4566"}, "LIFECYCLE_DYNAMODB_ENDPOINT_URL"),
+        (
+            {"LIFECYCLE_ABANDONED_CARTS__DYNAMODB_TABLES": '[{"table": "carts", "ttl": "x"}]'},
+            "Extra",
+        ),
+        (
+            {
+                "LIFECYCLE_TTL_PURGE__TARGETS": json.dumps(
+                    [
+                        {
+                            "name": "carts",
+                            "table": "cart_activity",
+                            "expiry_column": "expires_at",
+                            "expiry_kind": "epoch",
+                            "action": "abandoned-cart",
+                        }
+                    ]
+                )
+            },
+            "MARKETING_URL is required",
+        ),
+    ],
+)
+def test_bad_settings_name_the_variable(
+    env: pytest.MonkeyPatch, variables: dict[str, str], message: str
+) -> None:
+    assert message in _error(env, **variables)
+
+
+def test_secret_never_in_errors_or_repr(env: pytest.MonkeyPatch) -> None:
+    secret = "sixteen-chars-secret-value"
+    env.setenv("LIFECYCLE_ABANDONED_CARTS__MARKETING_URL", "https://m.example.com/carts")
+    env.setenv("LIFECYCLE_ABANDONED_CARTS__MARKETING_SECRET", secret)
+    settings = get_settings()
+    assert secret not in repr(settings) and secret not in str(settings.model_dump())
+    text = _error(env, LIFECYCLE_ABANDONED_CARTS__REQUEST_TIMEOUT_SECONDS="-1")
+    assert secret not in text and "REQUEST_TIMEOUT_SECONDS" in text
+
+
 # --- consent deletion: processors, contacts, durations ----------------------------------------
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
@@ -16,12 +18,19 @@ import boto3
 import pytest
 
 from lifecycle.clients.storage import (
+    ATTEMPTS,
+    Inventory,
     LocalStorage,
     ObjectStorage,
     S3Storage,
     StorageError,
     open_storage,
 )
+from lifecycle.errors import ConfigError, DependencyDown
+from tests.support.http_server import Reply, ScriptedHttpServer
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 FOLDER_SIZE = 2_500
@@ -270,3 +279,89 @@ def test_local_storage_writes_files_and_removes_empty_folders(tmp_path: Path) ->
 def test_open_storage_refuses_other_urls(url: str) -> None:
     with pytest.raises(ValueError, match=r"s3://bucket/optional/prefix or file:///absolute/path"):
         open_storage(url)
+
+
+# --- versions, Object Lock, pre-flight checks, a store that stops answering -------------------
+
+
+@pytest.fixture
+def s3(moto_endpoint: str) -> Iterator[S3Client]:
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    yield client
+    client.close()
+
+
+def versions_under(s3: S3Client, bucket: str, prefix: str) -> int:
+    listed = s3.list_object_versions(Bucket=bucket, Prefix=prefix)
+    return len(listed.get("Versions", [])) + len(listed.get("DeleteMarkers", []))
+
+
+def test_versioned_bucket_loses_every_version_and_delete_marker(
+    s3: S3Client, moto_endpoint: str, s3_bucket: str
+) -> None:
+    s3.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
+    storage = open_storage(f"s3://{s3_bucket}", endpoint_url=moto_endpoint)
+    for body in (b"v1", b"v2", b"v3"):
+        storage.put("users/u1/a.txt", body)
+    storage.put("users/u1/b.txt", b"only")
+    s3.delete_object(Bucket=s3_bucket, Key="users/u1/b.txt")  # a delete marker on top
+    storage.put("users/u10/keep.txt", b"neighbour")
+
+    assert storage.inventory("users/u1/") == Inventory(objects=2, versions=5)
+    assert storage.delete_prefix("users/u1/") == 5
+
+    assert versions_under(s3, s3_bucket, "users/u1/") == 0
+    assert versions_under(s3, s3_bucket, "users/u10/") == 1
+
+
+def test_unversioned_bucket_inventory_counts_objects(moto_endpoint: str, s3_bucket: str) -> None:
+    storage = open_storage(f"s3://{s3_bucket}", endpoint_url=moto_endpoint)
+    storage.put("users/u1/a.txt", b"x")
+    storage.put("users/u1/a.txt", b"y")
+    assert storage.inventory("users/u1/") == Inventory(objects=1, versions=1)
+
+
+def test_object_lock_legal_hold_is_reported_not_claimed_deleted(
+    s3: S3Client, moto_endpoint: str
+) -> None:
+    bucket = f"locked-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    version = s3.put_object(Bucket=bucket, Key="users/u1/held.txt", Body=b"x")["VersionId"]
+    s3.put_object_legal_hold(
+        Bucket=bucket, Key="users/u1/held.txt", VersionId=version, LegalHold={"Status": "ON"}
+    )
+    storage = open_storage(f"s3://{bucket}", endpoint_url=moto_endpoint)
+
+    with pytest.raises(StorageError, match="Object Lock retention or a legal hold"):
+        storage.delete_prefix("users/u1/")
+    assert versions_under(s3, bucket, "users/u1/") == 1
+
+    s3.put_object_legal_hold(
+        Bucket=bucket, Key="users/u1/held.txt", VersionId=version, LegalHold={"Status": "OFF"}
+    )
+    assert storage.delete_prefix("users/u1/") == 1
+
+
+def test_check_passes_for_a_bucket_and_a_folder_that_exist(
+    moto_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    open_storage(f"s3://{s3_bucket}/prefix", endpoint_url=moto_endpoint).check()
+    open_storage(tmp_path.as_uri()).check()
+
+
+def test_check_refuses_a_missing_bucket_and_a_missing_folder(
+    moto_endpoint: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="bucket 'no-such-bucket' does not exist"):
+        open_storage("s3://no-such-bucket", endpoint_url=moto_endpoint).check()
+    with pytest.raises(ConfigError, match="does not exist or is not a folder"):
+        open_storage((tmp_path / "missing").as_uri()).check()
+
+
+def test_s3_that_never_answers_costs_bounded_time(http_server: ScriptedHttpServer) -> None:
+    http_server.default = Reply(hang=True)
+    storage = open_storage("s3://bucket", endpoint_url=http_server.url, timeout_seconds=0.3)
+    with pytest.raises(DependencyDown, match="S3 bucket 'bucket' is not answering"):
+        storage.check()
+    # Each try waits 0.3 s; botocore's S3 region check adds one more HEAD after the last.
+    assert 1 <= len(http_server.received()) <= ATTEMPTS + 1

@@ -6,7 +6,10 @@ Clients are built on first use, so a task only opens what it needs, and closed t
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Any
 
+from lifecycle.clients.dynamodb import open_dynamodb
+from lifecycle.clients.http import RetryPolicy
 from lifecycle.clients.mail.backends import (
     Mailer,
     OutboxMailer,
@@ -14,6 +17,7 @@ from lifecycle.clients.mail.backends import (
     SmtpMailer,
     ses_client,
 )
+from lifecycle.clients.marketing import MarketingSuite
 from lifecycle.clients.storage import ObjectStorage, open_storage
 from lifecycle.errors import ConfigError
 from lifecycle.settings import Settings
@@ -43,6 +47,22 @@ def open_mailer(settings: Settings) -> Mailer:
     return OutboxMailer(directory=settings.resolved_outbox_dir, sender=settings.sender)
 
 
+def open_marketing(settings: Settings) -> MarketingSuite:
+    """The marketing suite's client; refused when its URL or secret is not configured."""
+    carts = settings.abandoned_carts
+    if not carts.marketing_url or carts.marketing_secret is None:
+        raise ConfigError(
+            "LIFECYCLE_ABANDONED_CARTS__MARKETING_URL and LIFECYCLE_ABANDONED_CARTS__"
+            "MARKETING_SECRET are required to report abandoned carts"
+        )
+    return MarketingSuite(
+        url=carts.marketing_url,
+        secret=carts.marketing_secret.get_secret_value().encode(),
+        timeout_seconds=carts.request_timeout_seconds,
+        retry=RetryPolicy(budget=carts.retry_budget_seconds),
+    )
+
+
 class Clients:
     """Storage, mail and the other external systems, as configured."""
 
@@ -57,6 +77,7 @@ class Clients:
             self.settings.resolved_storage_url,
             endpoint_url=self.settings.s3_endpoint_url,
             region=self.settings.aws_region,
+            timeout_seconds=self.settings.storage_timeout_seconds,
         )
 
     def check_storage(self) -> None:
@@ -72,7 +93,20 @@ class Clients:
     def mailer(self) -> Mailer:
         return open_mailer(self.settings)
 
+    @cached_property
+    def marketing(self) -> MarketingSuite:
+        return open_marketing(self.settings)
+
+    @cached_property
+    def dynamodb(self) -> tuple[Any, Any]:
+        """The DynamoDB and DynamoDB Streams clients."""
+        return open_dynamodb(
+            region=self.settings.aws_region, endpoint_url=self.settings.dynamodb_endpoint_url
+        )
+
     def close(self) -> None:
         """Release connections of the clients that were opened."""
         if "mailer" in self.__dict__:
             self.mailer.close()
+        if "marketing" in self.__dict__:
+            self.marketing.close()

@@ -119,16 +119,27 @@ class HttpClient:
         )
 
     def request(
-        self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool = True,
+        before_attempt: Callable[[int], None] | None = None,
+        **kwargs: Any,
     ) -> httpx.Response:
         """Send, retrying what is worth retrying; a 2xx or 3xx response, or an error.
 
         With ``idempotent=False`` a failure after which the API may have acted raises
         :class:`OutcomeUnknown` instead of sending the request again.
+        ``before_attempt(attempt)`` runs before every attempt (numbered from 1); whatever it
+        raises ends the call there, so a caller can re-check, right before each try, that the
+        request is still wanted.
         """
         waited = 0.0
         for attempt in range(1, self._retry.attempts + 1):
             retry_after: float | None = None
+            if before_attempt is not None:
+                before_attempt(attempt)
             try:
                 response = self._client.request(method, path, **kwargs)
             except httpx.TransportError as exc:  # timeouts, refused or dropped connections

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 DELETE_BATCH = 1000  # DeleteObjects accepts at most 1,000 keys per request.
 CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 10.0
-ATTEMPTS = 3  # per request; a store that stops answering costs at most ~3 x 15 s
+ATTEMPTS = 3  # per request: a store that stops answering costs ~3 timeouts per request
 
 
 class StorageError(PermanentError):
@@ -246,16 +246,23 @@ class LocalStorage:
 
 
 def open_storage(
-    url: str, *, endpoint_url: str | None = None, region: str = "us-east-1"
+    url: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str = "us-east-1",
+    timeout_seconds: float = READ_TIMEOUT_SECONDS,
 ) -> ObjectStorage:
-    """Storage for ``s3://bucket/optional/base/prefix`` or ``file:///absolute/path``."""
+    """Storage for ``s3://bucket/optional/base/prefix`` or ``file:///absolute/path``.
+
+    An S3 request waits ``timeout_seconds`` for an answer and is tried ``ATTEMPTS`` times.
+    """
     parts = urlsplit(url)
     plain = not parts.query and not parts.fragment
     if plain and parts.scheme == "s3" and parts.netloc:
         config = Config(
             retries={"mode": "standard", "max_attempts": ATTEMPTS},
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            read_timeout=READ_TIMEOUT_SECONDS,
+            connect_timeout=min(CONNECT_TIMEOUT_SECONDS, timeout_seconds),
+            read_timeout=timeout_seconds,
             # S3-compatible endpoints (MinIO, moto, LocalStack) expect path-style addressing.
             s3={"addressing_style": "path"} if endpoint_url else None,
         )

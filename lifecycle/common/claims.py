@@ -110,6 +110,18 @@ def claim(
     return in_order(keys, conn.execute(statement))
 
 
+def release_statement(
+    lease: Lease, *, claim_id: str, values: Mapping[str, Any] | None = None
+) -> sa.Update:
+    """The UPDATE that ends our claim on the rows given as ``keys`` when executed (setting
+    ``values`` too); rows another claim holds are left alone. Build it once, run it often."""
+    return (
+        sa.update(lease.table)
+        .where(lease.key.in_(sa.bindparam("keys", expanding=True)), lease.held_by(claim_id))
+        .values({lease.claim_id.name: None, lease.until.name: None, **(values or {})})
+    )
+
+
 def release(
     conn: sa.Connection,
     lease: Lease,
@@ -118,13 +130,8 @@ def release(
     claim_id: str,
     values: Mapping[str, Any] | None = None,
 ) -> int:
-    """End our claim on ``keys`` (setting ``values`` too); rows another claim holds are left
-    alone. Returns how many rows were ours."""
+    """End our claim on ``keys`` (setting ``values`` too); returns how many rows were ours."""
     if not keys:
         return 0
-    result = conn.execute(
-        sa.update(lease.table)
-        .where(lease.key.in_(keys), lease.held_by(claim_id))
-        .values({lease.claim_id.name: None, lease.until.name: None, **(values or {})})
-    )
-    return result.rowcount
+    statement = release_statement(lease, claim_id=claim_id, values=values)
+    return conn.execute(statement, {"keys": list(keys)}).rowcount

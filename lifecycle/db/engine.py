@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -49,14 +51,26 @@ def check_reachable(engine: sa.Engine) -> None:
         ) from None
 
 
-def relax_commit(conn: sa.Connection) -> None:
-    """Let this transaction's COMMIT return before its WAL record reaches the disk.
+@contextmanager
+def relaxed_connection(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection whose COMMITs return before their WAL records reach the disk.
 
-    For bookkeeping whose loss in a database crash (not a worker crash: the commit is visible
-    at once) costs a repeated mail, never a wrong deletion; it saves a disk flush per mail.
+    For bookkeeping whose loss in a database crash (not a worker crash: a commit is visible at
+    once) costs a repeated mail, never a wrong deletion; it saves a disk flush per commit. The
+    setting is reset before the connection goes back to the pool.
     """
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+    postgres = engine.dialect.name == "postgresql"
+    with engine.connect() as conn:
+        if postgres:
+            conn.exec_driver_sql("SET synchronous_commit TO OFF")
+            conn.commit()
+        try:
+            yield conn
+        finally:
+            if postgres:
+                conn.rollback()
+                conn.exec_driver_sql("RESET synchronous_commit")
+                conn.commit()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -136,6 +136,79 @@ sa.Index(
     unique=True,
 )
 
+
+# --- TTL purge and abandoned carts ------------------------------------------------------------
+# The maintenance guide's attribute storage: temporary data (sessions, tokens, auth codes) with
+# an expiry in Unix seconds (NULL: permanent), and the index entries that find it by token.
+# An index entry outlives its attribute by a buffer, so it can be orphaned; no foreign key, as
+# in the guide's stores, so the purge finds orphans itself.
+
+attributes = sa.Table(
+    "attributes",
+    metadata,
+    sa.Column("actor_id", sa.String(64), primary_key=True),
+    sa.Column("bucket", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("data", sa.Text()),
+    sa.Column("timestamp", UTCDateTime()),
+    sa.Column("ttl_timestamp", sa.BigInteger()),
+)
+sa.Index(
+    "ix_attributes_ttl_timestamp",
+    attributes.c.ttl_timestamp,
+    postgresql_where=attributes.c.ttl_timestamp.is_not(None),
+    sqlite_where=attributes.c.ttl_timestamp.is_not(None),
+)
+
+attribute_index = sa.Table(
+    "attribute_index",
+    metadata,
+    sa.Column("index_name", sa.String(64), primary_key=True),
+    sa.Column("index_key", sa.String(255), primary_key=True),
+    sa.Column("actor_id", sa.String(64), nullable=False),
+    sa.Column("bucket", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("ttl_timestamp", sa.BigInteger()),
+)
+sa.Index(
+    "ix_attribute_index_ttl_timestamp",
+    attribute_index.c.ttl_timestamp,
+    postgresql_where=attribute_index.c.ttl_timestamp.is_not(None),
+    sqlite_where=attribute_index.c.ttl_timestamp.is_not(None),
+)
+
+# Cart activity: written by the shop on every cart change (expiry pushed forward), deleted by
+# it when an order is placed. A row that reaches its expiry is an abandoned cart.
+cart_activity = sa.Table(
+    "cart_activity",
+    metadata,
+    sa.Column("cart_id", sa.String(64), primary_key=True),
+    sa.Column("customer_id", sa.String(64)),
+    sa.Column("product_ids", sa.JSON()),
+    sa.Column("expires_at", sa.BigInteger(), nullable=False),  # Unix seconds
+    # Abandoned-carts process: a lease while the cart is reported, and the suite's refusal.
+    sa.Column("claim_id", sa.String(36)),
+    sa.Column("lease_until", UTCDateTime()),
+    sa.Column("rejected_at", UTCDateTime()),
+    sa.Column("rejected_expires_at", sa.BigInteger()),  # the expiry the suite refused
+    sa.Column("rejection", sa.String(300)),
+)
+sa.Index("ix_cart_activity_expires_at", cart_activity.c.expires_at, cart_activity.c.cart_id)
+
+# Where the abandoned-carts flow is in each DynamoDB stream shard, leased to one run at a time.
+stream_checkpoints = sa.Table(
+    "stream_checkpoints",
+    metadata,
+    sa.Column("id", sa.String(400), primary_key=True),  # "<stream arn>|<shard id>"
+    sa.Column("stream_arn", sa.String(300), nullable=False),
+    sa.Column("shard_id", sa.String(80), nullable=False),
+    sa.Column("sequence_number", sa.String(40)),  # the last record acted on
+    sa.Column("finished_at", UTCDateTime()),  # a closed shard read to its end
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("claim_id", sa.String(36)),
+    sa.Column("lease_until", UTCDateTime()),
+)
+
 # --- Consent-revocation deletion at third parties (lifecycle.processes.consent_deletion) ---------
 
 # The application sets analytics_consent_revoked_at; the sweep walks revocations by it.

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from lifecycle.clients.storage import LocalStorage
+from lifecycle.clients.storage import LocalStorage, ObjectStorage
+from lifecycle.common.batch import BatchReport, Breaker
+from lifecycle.common.erasure import resolve_plan
 from lifecycle.db.schema import users
-from lifecycle.settings import Settings
+from lifecycle.processes.inactive_accounts.queries import DeletionQueue
+from lifecycle.processes.inactive_accounts.rules import Policy
+from lifecycle.processes.inactive_accounts.steps import SweepContext, delete_batch
+from lifecycle.settings import DeletionPlanSettings, Settings
+from tests.support.clock import NOW
 
 
 def insert_user(engine: sa.Engine, *, last_visit_at: datetime, **columns: Any) -> str:
@@ -37,3 +43,20 @@ def user_row(engine: sa.Engine, user_id: str) -> sa.Row[Any] | None:
 def storage_of(settings: Settings) -> LocalStorage:
     """The local storage folder the flows use with ``settings``."""
     return LocalStorage(root=Path(settings.resolved_storage_url.removeprefix("file://")))
+
+
+def delete_due_batch(engine: sa.Engine, storage: ObjectStorage, breaker_name: str) -> BatchReport:
+    """One deletion batch (up to 100) over the users due deletion now, outside Prefect."""
+    ctx = SweepContext(
+        engine=engine, policy=Policy(), as_of=NOW, dry_run=False, lease=timedelta(minutes=15)
+    )
+    return delete_batch(
+        ctx,
+        queue=DeletionQueue.DUE,
+        storage=storage,
+        plan=resolve_plan(engine, DeletionPlanSettings()),
+        breaker=Breaker(breaker_name),
+        after=None,
+        limit=100,
+        budget=100,
+    )

@@ -49,6 +49,7 @@ class ScriptedHttpServer(ThreadingHTTPServer):
         self.default = Reply(404, {"error": "not scripted"})
         self._replies: dict[tuple[str, str], deque[Reply]] = defaultdict(deque)
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._stopping = threading.Event()
         server = self
 
@@ -61,7 +62,7 @@ class ScriptedHttpServer(ThreadingHTTPServer):
             def do_GET(self) -> None:
                 server._serve(self)
 
-            do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
+            do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -86,6 +87,11 @@ class ScriptedHttpServer(ThreadingHTTPServer):
                 and (path is None or r.path.split("?")[0] == path)
             ]
 
+    def wait_for_requests(self, count: int = 1, timeout: float = 10.0) -> bool:
+        """Block until ``count`` requests arrived (True), or ``timeout`` seconds passed."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: len(self.requests) >= count, timeout)
+
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
@@ -96,6 +102,7 @@ class ScriptedHttpServer(ThreadingHTTPServer):
             )
             queue = self._replies.get((handler.command, path))
             reply = queue.popleft() if queue else self.default
+            self._arrived.notify_all()
         if reply.hang:
             self._stopping.wait()
             return
@@ -133,6 +140,15 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[str, int]]:
+    """(host, port) of a server that accepts connections and never says a word."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)  # connections complete in the backlog; nothing ever answers
+        yield "127.0.0.1", int(listener.getsockname()[1])
 
 
 @pytest.fixture

@@ -66,10 +66,12 @@ def s3_bucket(moto_endpoint: str) -> Iterator[str]:
     try:
         yield name
     finally:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-            contents = page.get("Contents", [])
-            keys: list[ObjectIdentifierTypeDef] = [{"Key": item["Key"]} for item in contents]
-            if keys:
-                client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=name):
+            items = [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+            versions: list[ObjectIdentifierTypeDef] = [
+                {"Key": item["Key"], "VersionId": item["VersionId"]} for item in items
+            ]
+            if versions:
+                client.delete_objects(Bucket=name, Delete={"Objects": versions, "Quiet": True})
         client.delete_bucket(Bucket=name)
         client.close()

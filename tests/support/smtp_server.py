@@ -33,6 +33,7 @@ class LocalSmtpServer:
         self.connections = 0  # sessions greeted with EHLO
         self._replies: dict[tuple[Stage, str], str] = {}
         self._controller: Controller | None = None
+        self.smtputf8 = False
 
     def fail(self, address: str, reply: str, *, at: Stage = "rcpt") -> None:
         """Answer ``reply`` (e.g. ``"550 5.1.1 No such user"``) when ``address`` reaches ``at``."""
@@ -40,9 +41,19 @@ class LocalSmtpServer:
 
     def start(self) -> None:
         self._controller = Controller(
-            self, hostname=self.host, port=self.port, server_hostname="localhost"
+            self,
+            hostname=self.host,
+            port=self.port,
+            server_hostname="localhost",
+            enable_SMTPUTF8=self.smtputf8,
         )
         self._controller.start()
+
+    def restart(self, *, smtputf8: bool) -> None:
+        """Start again, offering SMTPUTF8 (RFC 6531) or not."""
+        self.stop()
+        self.smtputf8 = smtputf8
+        self.start()
 
     def stop(self) -> None:
         """Stop listening and drop every open connection."""

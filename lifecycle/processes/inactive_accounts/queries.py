@@ -161,21 +161,22 @@ def claim_warnings(
 
 
 def _unless_visited(
-    column: sa.Column[datetime], moment: datetime, claim: Claim
+    column: sa.Column[datetime], moment: ColumnElement[datetime], claim: Claim
 ) -> ColumnElement[datetime]:
     """``moment`` for users who did not visit since the claim; the column's value otherwise."""
     return sa.case(
-        (columns.last_visit_at < at(columns.last_visit_at, claim.at), at(column, moment)),
-        else_=column,
+        (columns.last_visit_at < at(columns.last_visit_at, claim.at), moment), else_=column
     )
 
 
-def confirm_warnings(
-    conn: sa.Connection, ids: list[str], *, claim: Claim, sent_at: datetime
-) -> None:
-    """Record the warnings we sent and drop the lease; a visit since the claim cancels it."""
+def confirm_statement(claim: Claim) -> sa.Update:
+    """Records warnings sent under ``claim`` and drops their lease; a visit since the claim
+    cancels it. Execute with ``{"keys": [user ids], "sent_at": when}``."""
+    sent_at = sa.bindparam("sent_at", type_=columns.deletion_warning_sent_at.type)
     sent = _unless_visited(columns.deletion_warning_sent_at, sent_at, claim)
-    claims.release(conn, WARNING, ids, claim_id=claim.id, values={"deletion_warning_sent_at": sent})
+    return claims.release_statement(
+        WARNING, claim_id=claim.id, values={"deletion_warning_sent_at": sent}
+    )
 
 
 def mark_undeliverable(
@@ -183,13 +184,10 @@ def mark_undeliverable(
 ) -> None:
     """Record that the warning could not be delivered, and drop the lease. With
     ``as_notice`` the attempt also counts as the warning the grace period runs from."""
-    values = {
-        "warning_undeliverable_at": _unless_visited(columns.warning_undeliverable_at, now, claim)
-    }
+    marks = [columns.warning_undeliverable_at]
     if as_notice:
-        values["deletion_warning_sent_at"] = _unless_visited(
-            columns.deletion_warning_sent_at, now, claim
-        )
+        marks.append(columns.deletion_warning_sent_at)
+    values = {column.name: _unless_visited(column, at(column, now), claim) for column in marks}
     claims.release(conn, WARNING, ids, claim_id=claim.id, values=values)
 
 

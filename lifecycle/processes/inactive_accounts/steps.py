@@ -24,7 +24,7 @@ from lifecycle.common.batch import BatchReport, Breaker, RunSummary
 from lifecycle.common.claims import Claim
 from lifecycle.common.erasure import DeletionPlan, Erasure
 from lifecycle.common.paging import Cursor, next_cursor
-from lifecycle.db.engine import relax_commit
+from lifecycle.db.engine import relaxed_connection
 from lifecycle.errors import ConfigError, DependencyDown, PermanentError
 from lifecycle.privacy import pseudonym
 from lifecycle.processes.inactive_accounts import queries
@@ -131,16 +131,16 @@ def warn_batch(
         report.counts["would_warn"] += len(page)
         return report
     ids = [c.id for c in page]
-    for start in range(0, len(ids), ctx.claim_group):
-        group = ids[start : start + ctx.claim_group]
-        claim = Claim.new(ctx.clock(), ctx.lease)
-        with ctx.engine.begin() as conn:
-            recipients = queries.claim_warnings(
-                conn, group, as_of=ctx.as_of, policy=ctx.policy, claim=claim
-            )
-        report.counts["skipped"] += len(group) - len(recipients)
-        warner = _Warner(ctx, send, mail_context, breaker, claim, report)
-        warner.warn(recipients)
+    with relaxed_connection(ctx.engine) as conn:
+        for start in range(0, len(ids), ctx.claim_group):
+            group = ids[start : start + ctx.claim_group]
+            claim = Claim.new(ctx.clock(), ctx.lease)
+            with conn.begin():
+                recipients = queries.claim_warnings(
+                    conn, group, as_of=ctx.as_of, policy=ctx.policy, claim=claim
+                )
+            report.counts["skipped"] += len(group) - len(recipients)
+            _Warner(ctx, conn, send, mail_context, breaker, claim, report).warn(recipients)
     return report
 
 
@@ -155,11 +155,15 @@ class _Warner:
     repeats at most the mail in flight."""
 
     ctx: SweepContext
+    conn: sa.Connection  # commits need not wait for the disk: a lost one repeats a mail
     send: Send
     mail_context: WarningContext
     breaker: Breaker
     claim: Claim
     report: BatchReport
+
+    def __post_init__(self) -> None:
+        self._confirm = queries.confirm_statement(self.claim)
 
     def warn(self, recipients: list[Recipient]) -> None:
         """Mail while the lease lasts; give back the users it no longer covers."""
@@ -195,18 +199,15 @@ class _Warner:
             self.report.fail(subject, "warn", exc)
             self.breaker.failure(exc)
             return
-        with self.ctx.engine.begin() as conn:
-            relax_commit(conn)
-            queries.confirm_warnings(
-                conn, [recipient.id], claim=self.claim, sent_at=self.ctx.clock()
-            )
+        with self.conn.begin():
+            self.conn.execute(self._confirm, {"keys": [recipient.id], "sent_at": self.ctx.clock()})
         self.report.record("warned", subject)
         self.breaker.success()
 
     def _record_undeliverable(self, user_id: str) -> None:
-        with self.ctx.engine.begin() as conn:
+        with self.conn.begin():
             queries.mark_undeliverable(
-                conn,
+                self.conn,
                 [user_id],
                 claim=self.claim,
                 now=self.ctx.clock(),
@@ -215,8 +216,8 @@ class _Warner:
 
     def _release(self, ids: list[str]) -> None:
         if ids:
-            with self.ctx.engine.begin() as conn:
-                queries.release_warnings(conn, ids, claim_id=self.claim.id)
+            with self.conn.begin():
+                queries.release_warnings(self.conn, ids, claim_id=self.claim.id)
 
 
 def delete_batch(

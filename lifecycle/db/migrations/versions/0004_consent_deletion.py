@@ -3,7 +3,7 @@ log, processor alerts, receipts complete only once every third party is, and an 
 revocations.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from lifecycle.db.migrations import online
 from lifecycle.db.schema import UTCDateTime
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
