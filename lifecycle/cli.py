@@ -1,6 +1,7 @@
 """Command line: ``lifecycle demo`` (the README's first command), ``migrate``, ``seed``,
-``ttl-status`` and ``simulator`` (the local processor simulator, for trying consent deletion
-without a vendor)."""
+``ttl-status``, ``consent-requeue`` (failed third-party deletions, after a look at the vendor)
+and ``simulator`` (the local processor simulator, for trying consent deletion without a
+vendor)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import click
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from lifecycle.db.migrate import assert_current, upgrade
 from lifecycle.db.schema import attributes, users
 from lifecycle.demo_marketing import local_suite
 from lifecycle.errors import LifecycleError
+from lifecycle.processes.consent_deletion.queries import requeue_failed
 from lifecycle.processes.inactive_accounts.steps import SweepSummary
 from lifecycle.processes.ttl_purge.steps import backlogs
 from lifecycle.sample_data import seed as seed_users
@@ -139,6 +141,24 @@ def _print_summary(name: str, summary: RunSummary, outcomes: tuple[str, ...]) ->
     if isinstance(summary, SweepSummary):
         table.add_row("objects deleted", str(summary.objects_deleted))
     console.print(table)
+
+
+@app.command("consent-requeue")
+def consent_requeue(
+    ids: Annotated[list[int], typer.Argument(help="Ids of failed rows of processor_deletions.")],
+) -> None:
+    """Make failed third-party deletions requests again, after checking them at the vendor;
+    the next consent-deletion run starts a new operation for each."""
+    settings = get_settings()
+    engine = get_engine(settings.resolved_database_url)
+    assert_current(engine)
+    with engine.begin() as conn:
+        requeued = requeue_failed(conn, ids, now=datetime.now(UTC))
+    skipped = sorted(set(ids) - set(requeued))
+    console.print(
+        f"requeued {len(requeued)} failed deletions"
+        + (f"; not failed (left alone): {skipped}" if skipped else "")
+    )
 
 
 @app.command()

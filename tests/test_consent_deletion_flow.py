@@ -24,6 +24,7 @@ from lifecycle.privacy import pseudonym
 from lifecycle.settings import Settings
 from tasks.consent_deletion import emit_consent_revoked
 from tests.support.clock import days_ago
+from tests.support.commands import run_lifecycle
 from tests.support.factories import insert_user
 from tests.support.http_server import Reply, ScriptedHttpServer
 from tests.support.outbox import outbox, text_of
@@ -199,6 +200,20 @@ def test_failed_operation_is_reported_once_and_fails_the_run(
     assert "failed (the vendor reports failed)" in text_of(mails[0])
     assert consent_deletion_poll(return_state=True).is_completed()  # reported once
     assert len(outbox(consent_env)) == 2
+
+    # An operator checked it at the vendor and asks again: a new operation, the history kept.
+    failed_row = next(r for r in operations(engine) if r.status == "failed")
+    result = run_lifecycle(
+        "consent-requeue",
+        str(failed_row.id),
+        str(failed_row.id + 100),
+        LIFECYCLE_DATABASE_URL=str(consent_env.database_url),
+        LIFECYCLE_DATA_DIR=str(consent_env.data_dir),
+    )
+    assert result.returncode == 0 and "requeued 1 failed deletions" in result.stdout
+    assert consent_deletion_start().counts == {"started": 1}
+    assert len(simulator.operations) == 3
+    assert steps_of(engine)["requeued"] == 1
 
 
 # --- trouble at the processor --------------------------------------------------------------------

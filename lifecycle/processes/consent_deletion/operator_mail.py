@@ -45,7 +45,8 @@ _CHECK = {
 def _line(notice: Notice, why: str) -> str:
     started = notice.started_at.isoformat(timespec="minutes") if notice.started_at else "-"
     return (
-        f"- {why}: processor {notice.processor}, operation {notice.operation_id or '-'}, "
+        f"- {why}: record {notice.id}, processor {notice.processor}, "
+        f"operation {notice.operation_id or '-'}, "
         f"user id {notice.user_id or '(erased)'}, reason {notice.reason}, "
         f"requested {notice.requested_at.isoformat(timespec='minutes')}, started {started}, "
         f"legal deadline {notice.deadline_at.date().isoformat()}, "

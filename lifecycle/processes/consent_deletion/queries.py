@@ -369,6 +369,32 @@ def complete_receipts(conn: sa.Connection, receipt_ids: Sequence[int], now: date
     return result.rowcount
 
 
+def requeue_failed(conn: sa.Connection, ids: Sequence[int], *, now: datetime) -> list[int]:
+    """Failed deletions among ``ids`` become requests again (an operator retries them after
+    looking at the vendor); the next start run starts a new operation for each."""
+    requeued = list(
+        conn.execute(
+            sa.update(processor_deletions)
+            .where(columns.id.in_(ids), columns.status == "failed")
+            .values(
+                status="requested",
+                operation_id=None,
+                vendor_status=None,
+                started_at=None,
+                failed_at=None,
+                failure_reported_at=None,
+                escalated_at=None,
+                error=None,
+                claim_id=None,
+                lease_until=None,
+            )
+            .returning(columns.id)
+        ).scalars()
+    )
+    log_steps(conn, [Step(deletion_id, "requeued") for deletion_id in requeued], now, None)
+    return requeued
+
+
 # --- escalations and failure reports -----------------------------------------------------------
 
 
