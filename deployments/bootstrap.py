@@ -13,7 +13,10 @@ It creates:
 - with ``LIFECYCLE_ALERT_WEBHOOK_URL`` set: the notification block ``lifecycle-alerts`` (a
   custom webhook that posts ``{"subject", "text", "source"}`` JSON, which Slack incoming
   webhooks accept as is) and the automation ``lifecycle-run-failed``: any flow run tagged
-  ``lifecycle`` that ends Failed or Crashed sends a notification through it.
+  ``lifecycle`` that ends Failed or Crashed sends a notification through it;
+- for each enabled deletion processor, a tag concurrency limit ``processor:<name>`` of 1: one
+  task at a time calls that vendor, across every run and worker, so its ``rate_per_second`` is
+  the vendor-wide rate.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from tasks._prefect import ensure_mail_limit
 WORK_POOL = "lifecycle"
 ALERT_BLOCK = "lifecycle-alerts"
 RUN_FAILED = "lifecycle-run-failed"
+#: Tasks calling one processor at once, across every run and worker.
+PROCESSOR_TASKS = 1
 
 logger = logging.getLogger("lifecycle.bootstrap")
 
@@ -43,7 +48,16 @@ def bootstrap() -> None:
         ensure_work_pool(client)
         ensure_mail_limit(client, settings.mail_limit_name)
         logger.info("global concurrency limit %s is ready", settings.mail_limit_name)
+        ensure_processor_limits(client, settings)
         ensure_alerts(client, settings)
+
+
+def ensure_processor_limits(client: SyncPrefectClient, settings: Settings) -> None:
+    """A tag concurrency limit ``processor:<name>`` for each enabled deletion processor."""
+    for processor in settings.consent_deletion.enabled:
+        tag = f"processor:{processor.name}"
+        client.create_concurrency_limit(tag=tag, concurrency_limit=PROCESSOR_TASKS)
+        logger.info("tag concurrency limit %s (%d) is ready", tag, PROCESSOR_TASKS)
 
 
 def ensure_work_pool(client: SyncPrefectClient) -> None:

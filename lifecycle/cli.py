@@ -1,10 +1,15 @@
-"""Command line: ``lifecycle demo`` (the README's first command), ``migrate``, ``seed`` and
-``ttl-status``."""
+"""Command line: ``lifecycle demo`` (the README's first command), ``migrate``, ``seed``,
+``ttl-status``, ``consent-requeue`` (failed third-party deletions, after a look at the vendor)
+and ``simulator`` (the local processor simulator, for trying consent deletion without a
+vendor)."""
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import click
 import sqlalchemy as sa
@@ -14,11 +19,14 @@ from rich.table import Table
 
 from lifecycle.clients.build import Clients
 from lifecycle.clients.dynamodb import DynamoTtl
+from lifecycle.clients.simulator import ProcessorSimulator
+from lifecycle.common.batch import RunSummary
 from lifecycle.db.engine import get_engine
 from lifecycle.db.migrate import assert_current, upgrade
 from lifecycle.db.schema import attributes, users
 from lifecycle.demo_marketing import local_suite
 from lifecycle.errors import LifecycleError
+from lifecycle.processes.consent_deletion.queries import requeue_failed
 from lifecycle.processes.inactive_accounts.steps import SweepSummary
 from lifecycle.processes.ttl_purge.steps import backlogs
 from lifecycle.sample_data import seed as seed_users
@@ -70,31 +78,112 @@ def _seed_if_empty(settings: Settings) -> str:
     return f"seeded {count} sample users (with files, features and scores)"
 
 
+#: The demo's stand-in for a third party, when no processor is configured.
+DEMO_TOKEN = "demo-simulator-token"
+DEMO_CONTACTS = ["privacy-team@example.com"]
+
+
 @app.command()
 def demo() -> None:
-    """Migrate, seed sample users on first run, then run the inactive-accounts flow once."""
+    """Migrate, seed sample users on first run, then run inactive-accounts and the consent
+    deletion (start, then poll) once; with no processor configured, against the simulator."""
+    from flows.consent_deletion import consent_deletion_poll, consent_deletion_start
     from flows.inactive_accounts import inactive_accounts  # keeps --help fast
 
     settings = get_settings()
     upgrade(settings.resolved_database_url)
     console.print(_seed_if_empty(settings))
-    state = inactive_accounts(return_state=True)
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, SweepSummary):
-        table = Table(title="inactive-accounts")
-        table.add_column("outcome")
-        table.add_column("count", justify="right")
-        for outcome in ("warned", "deleted", "skipped", "failed"):
-            table.add_row(outcome, str(result.counts.get(outcome, 0)))
-        table.add_row("objects deleted", str(result.objects_deleted))
-        console.print(table)
-        console.print(f"database: {settings.resolved_database_url}")
-        console.print(f"storage:  {settings.resolved_storage_url}")
-        console.print(f"outbox:   {settings.resolved_outbox_dir} (warning mails as .eml)")
-        _demo_ttl_and_carts(settings)
-        return
-    console.print(f"[red]run ended {state.type.value}: {result}[/red]")
-    raise typer.Exit(1)
+    with ProcessorSimulator(token=DEMO_TOKEN, complete_after=0.0) as simulator:
+        if not settings.consent_deletion.processors:
+            _use_simulator(simulator)
+        runs: list[tuple[str, Any, tuple[str, ...]]] = [  # (name, flow, outcomes shown)
+            ("inactive-accounts", inactive_accounts, ("warned", "deleted", "skipped", "failed")),
+            ("consent-deletion-start", consent_deletion_start, ("requested", "started")),
+            ("consent-deletion-poll", consent_deletion_poll, _CONSENT_OUTCOMES),
+        ]
+        for name, flow, outcomes in runs:
+            state = flow(return_state=True)
+            result = state.result(raise_on_failure=False)
+            if not isinstance(result, RunSummary):
+                console.print(f"[red]{name} ended {state.type.value}: {result}[/red]")
+                raise typer.Exit(1)
+            _print_summary(name, result, outcomes)
+    console.print(f"database: {settings.resolved_database_url}")
+    console.print(f"storage:  {settings.resolved_storage_url}")
+    console.print(f"outbox:   {settings.resolved_outbox_dir} (warning mails as .eml)")
+    _demo_ttl_and_carts(settings)
+
+
+_CONSENT_OUTCOMES = ("started", "still_pending", "completed", "failed", "escalated", "anomalies")
+
+
+def _use_simulator(simulator: ProcessorSimulator) -> None:
+    """Point this process's consent deletion at the simulator (settings are read per task)."""
+    processor = {
+        "kind": "rest",
+        "name": "simulator",
+        "base_url": simulator.url,
+        "token": DEMO_TOKEN,
+    }
+    os.environ["LIFECYCLE_CONSENT_DELETION__PROCESSORS"] = json.dumps([processor])
+    os.environ["LIFECYCLE_CONSENT_DELETION__TECHNICAL_CONTACTS"] = json.dumps(DEMO_CONTACTS)
+    console.print(
+        f"consent deletion: no processor configured, using the simulator at {simulator.url}"
+    )
+
+
+def _print_summary(name: str, summary: RunSummary, outcomes: tuple[str, ...]) -> None:
+    table = Table(title=name, min_width=32)
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    for outcome in outcomes:
+        table.add_row(outcome.replace("_", " "), str(summary.counts.get(outcome, 0)))
+    if isinstance(summary, SweepSummary):
+        table.add_row("objects deleted", str(summary.objects_deleted))
+    console.print(table)
+
+
+@app.command("consent-requeue")
+def consent_requeue(
+    ids: Annotated[list[int], typer.Argument(help="Ids of failed rows of processor_deletions.")],
+) -> None:
+    """Make failed third-party deletions requests again, after checking them at the vendor;
+    the next consent-deletion run starts a new operation for each."""
+    settings = get_settings()
+    engine = get_engine(settings.resolved_database_url)
+    assert_current(engine)
+    with engine.begin() as conn:
+        requeued = requeue_failed(conn, ids, now=datetime.now(UTC))
+    skipped = sorted(set(ids) - set(requeued))
+    console.print(
+        f"requeued {len(requeued)} failed deletions"
+        + (f"; not failed (left alone): {skipped}" if skipped else "")
+    )
+
+
+@app.command()
+def simulator(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8700, help="Port to listen on (0: any free port)."),
+    token: str = typer.Option("simulator-token", help="Bearer token callers must send."),
+    latency: float = typer.Option(0.0, help="Seconds before every answer."),
+    complete_after: float = typer.Option(
+        60.0, help="Seconds after which an operation reports complete."
+    ),
+) -> None:
+    """Run the local processor simulator (the generic REST contract) until interrupted.
+
+    Point a processor at it: {"kind": "rest", "name": "simulator", "base_url": <printed URL>,
+    "token": <token>} in LIFECYCLE_CONSENT_DELETION__PROCESSORS.
+    """
+    with ProcessorSimulator(
+        host=host, port=port, token=token, latency=latency, complete_after=complete_after
+    ) as server:
+        console.print(f"processor simulator listening on {server.url} (Ctrl-C to stop)")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            console.print("stopped")
 
 
 # --- TTL purge and abandoned carts ----------------------------------------------------------

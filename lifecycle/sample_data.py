@@ -1,4 +1,5 @@
 """Realistic sample data for the demo: every case the inactive-accounts policy distinguishes,
+a few users who revoked analytics consent (erased at third parties by consent deletion),
 temporary attributes and index entries with the guide's lifetimes, and cart activity."""
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ SCENARIOS: list[tuple[str, int, int, dict[str, Any]]] = [
     ("paying, inactive", 3, 120, {"subscription_status": "active"}),
     ("lifetime deal, inactive", 2, 200, {"lifetime_deal": True}),
     ("free trial running, inactive", 2, 70, {"trial_days_left": 5}),
+    ("active, revoked analytics consent", 3, 1, {"revoked_minutes_ago": 30}),
 ]
 
 
@@ -74,6 +76,12 @@ def seed(engine: sa.Engine, storage: ObjectStorage, *, now: datetime, seed: int 
                 "deletion_warning_sent_at": (
                     now - timedelta(days=extra["warned_days_ago"])
                     if "warned_days_ago" in extra
+                    else None
+                ),
+                "analytics_consent": "revoked_minutes_ago" not in extra,
+                "analytics_consent_revoked_at": (
+                    now - timedelta(minutes=extra["revoked_minutes_ago"])
+                    if "revoked_minutes_ago" in extra
                     else None
                 ),
             }

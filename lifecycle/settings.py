@@ -13,9 +13,11 @@ What one process alone needs is a nested group named after it:
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -58,6 +60,19 @@ Count = Annotated[int, BeforeValidator(_not_a_bool)]
 Real = Annotated[float, BeforeValidator(_not_a_bool)]
 
 
+def _iso_duration(value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str) or not value.strip().upper().startswith("P"):
+        raise ValueError("must be an ISO 8601 duration such as P3D (3 days) or PT12H (12 hours)")
+    return value.strip().upper()
+
+
+#: A length of time, written as an ISO 8601 duration ("P3D"); never a bare number, whose unit
+#: (seconds? days?) nobody could guess.
+Duration = Annotated[timedelta, BeforeValidator(_iso_duration)]
+
+
 def _one_line(value: str, what: str) -> str:
     if any(char in value for char in "\r\n\0"):
         raise ValueError(f"{what} must be one line, without control characters")
@@ -79,6 +94,16 @@ def _http_url(value: str | None) -> str | None:
 
 #: An http(s) endpoint, checked when settings load.
 HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+
+
+def _one_address(value: str) -> str:
+    """``value`` if it is exactly one e-mail address (with or without a display name)."""
+    _one_line(value, "the address")
+    address = parseaddr(value)[1]
+    local, at, domain = address.rpartition("@")
+    if len(getaddresses([value])) != 1 or not at or not local or "." not in domain:
+        raise ValueError("must be one address, e.g. 'Acme <no-reply@acme.com>'")
+    return value
 
 
 def _not_a_file(value: Path | None) -> Path | None:
@@ -326,6 +351,184 @@ class AbandonedCartsSettings(Group):
         return self
 
 
+#: Names of processors: they appear in tags (processor:<name>), alerts and receipts.
+_PROCESSOR_NAME = r"^[a-z0-9][a-z0-9-]{0,38}$"
+#: A Prefect Secret block name (resolved by the tasks, above lifecycle/).
+_BLOCK_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
+#: A path below a base URL; "{operation_id}" is the only placeholder a status path may hold.
+_API_PATH = r"^/[A-Za-z0-9._~!$&'()*+,;=:@/{}-]*$"
+
+
+class ProcessorSettings(Group):
+    """A third party that holds analytics data, and how hard to push it.
+
+    Every processor is called with ``Authorization: Bearer <token>``: ``token`` comes from the
+    environment, or ``token_block`` names a Prefect Secret block that holds it. One of them is
+    required while the processor is enabled, and neither may be empty.
+    """
+
+    name: str = Field(pattern=_PROCESSOR_NAME, description="Our name for it (tags, receipts).")
+    enabled: bool = True
+    base_url: HttpUrl | None = Field(
+        None, description="API root; vendors default to their region's."
+    )
+    token: SecretStr | None = None
+    token_block: str | None = Field(None, pattern=_BLOCK_NAME)
+    escalate_after: Annotated[Duration, Field(ge=timedelta(hours=1), le=timedelta(days=365))] = (
+        Field(
+            timedelta(days=3),
+            description="Mail the technical contacts about an operation still not complete "
+            "this long after it started (ISO 8601, e.g. P3D).",
+        )
+    )
+    concurrency: Count = Field(8, ge=1, le=256, description="Calls in flight at once.")
+    ids_per_request: Count = Field(1, ge=1, le=5000, description="User ids per start call.")
+    rate_per_second: Real = Field(10.0, gt=0, le=10_000, description="Calls per second at most.")
+    timeout_seconds: Real = Field(10.0, gt=0, le=300, description="Per call and per read.")
+    retry_budget_seconds: Real = Field(
+        120.0, ge=0, le=3600, description="Waiting between retries of one call, at most."
+    )
+
+    @model_validator(mode="after")
+    def _require_token(self) -> ProcessorSettings:
+        if self.token is not None and not self.token.get_secret_value().strip():
+            raise ValueError(f"token of processor {self.name!r} must not be empty")
+        if self.token is not None and self.token_block is not None:
+            raise ValueError(f"processor {self.name!r}: set token or token_block, not both")
+        if self.enabled and self.token is None and self.token_block is None:
+            raise ValueError(
+                f"processor {self.name!r} is enabled but has no token: set token (from a secret "
+                "in the environment) or token_block (a Prefect Secret block)"
+            )
+        return self
+
+
+class RestProcessorSettings(ProcessorSettings):
+    """``kind: rest``: any API that takes a start call and answers status calls in JSON.
+
+    The defaults are the contract of the local processor simulator (``lifecycle simulator``).
+    """
+
+    kind: Literal["rest"]
+    base_url: HttpUrl = Field(description="API root, e.g. https://privacy.example.com/v1")
+    start_path: str = Field("/deletions", pattern=_API_PATH)
+    status_path: str = Field("/deletions/{operation_id}", pattern=_API_PATH)
+    body: dict[str, Any] = Field(
+        default_factory=lambda: {"user_ids": "{user_ids}"},
+        description='JSON body of a start call; the string "{user_ids}" becomes the list of ids.',
+    )
+    operation_id_paths: list[str] = Field(
+        default_factory=lambda: ["id"],
+        min_length=1,
+        description="Where the start answer holds the operation id (dotted; first match wins).",
+    )
+    status_field: str = Field("status", description="Where a status answer holds the status.")
+    pending: list[str] = Field(default_factory=lambda: ["pending", "running"], min_length=1)
+    complete: list[str] = Field(default_factory=lambda: ["complete"], min_length=1)
+    failed: list[str] = Field(default_factory=lambda: ["failed"], min_length=1)
+    list_path: str | None = Field(
+        "/deletions",
+        pattern=_API_PATH,
+        description="Listing of recent operations, to reconcile a start whose answer was lost "
+        "(null: the API has none).",
+    )
+
+    @model_validator(mode="after")
+    def _check_contract(self) -> RestProcessorSettings:
+        if "{operation_id}" not in self.status_path:
+            raise ValueError(f"status_path of {self.name!r} must contain {{operation_id}}")
+        values = [*self.pending, *self.complete, *self.failed]
+        if len(set(values)) != len(values):
+            raise ValueError(f"a status value of {self.name!r} is listed twice")
+        if '"{user_ids}"' not in json.dumps(self.body):
+            raise ValueError(f'body of {self.name!r} must hold the string "{{user_ids}}"')
+        return self
+
+
+class MixpanelSettings(ProcessorSettings):
+    """``kind: mixpanel``: Mixpanel's GDPR API v3 data deletions (see lifecycle.clients.processors).
+
+    ``token`` is a GDPR OAuth token (Profile & Preferences > Data & Privacy; it expires after a
+    year); ``project_token`` is the project's token, sent as the ``token`` query parameter.
+    """
+
+    kind: Literal["mixpanel"]
+    name: str = Field("mixpanel", pattern=_PROCESSOR_NAME)
+    region: Literal["us", "eu", "in"] = "us"
+    project_token: SecretStr | None = None
+    compliance_type: Literal["GDPR", "CCPA"] = "GDPR"
+    # "1 request per second for GDPR APIs"; "up to 1999 distinct IDs" per deletion.
+    concurrency: Count = Field(1, ge=1, le=256)
+    ids_per_request: Count = Field(1999, ge=1, le=1999)
+    rate_per_second: Real = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _require_project_token(self) -> MixpanelSettings:
+        value = self.project_token
+        if self.enabled and (value is None or not value.get_secret_value().strip()):
+            raise ValueError(f"processor {self.name!r} (mixpanel) needs project_token")
+        return self
+
+
+class SegmentSettings(ProcessorSettings):
+    """``kind: segment``: Segment Public API workspace regulations (Deletion and Suppression).
+
+    ``token`` is a Public API token with access to the workspace's regulations.
+    """
+
+    kind: Literal["segment"]
+    name: str = Field("segment", pattern=_PROCESSOR_NAME)
+    region: Literal["us", "eu"] = "us"
+    regulation_type: Literal["SUPPRESS_WITH_DELETE", "DELETE_ONLY"] = "SUPPRESS_WITH_DELETE"
+    # 600 create calls per minute; at most 5000 user ids per call.
+    ids_per_request: Count = Field(100, ge=1, le=5000)
+    rate_per_second: Real = Field(10.0, gt=0, le=10)
+
+
+AnyProcessor = Annotated[
+    RestProcessorSettings | MixpanelSettings | SegmentSettings, Field(discriminator="kind")
+]
+
+
+class ConsentDeletionSettings(Group):
+    """``LIFECYCLE_CONSENT_DELETION__*``: third parties that erase a user's analytics data."""
+
+    processors: list[AnyProcessor] = Field(
+        default_factory=list,
+        description="JSON list; each with kind rest, mixpanel or segment (see README).",
+    )
+    technical_contacts: list[str] = Field(
+        default_factory=list,
+        description="Who gets escalations and alerts (JSON list of addresses); required as "
+        "soon as a processor is enabled.",
+    )
+    alert_repeat_after: Annotated[
+        Duration, Field(ge=timedelta(minutes=10), le=timedelta(days=30))
+    ] = Field(timedelta(hours=24), description="The same alert is mailed again after this long.")
+    batch_size: Count = Field(500, ge=1, le=10_000, description="Operations per Prefect task.")
+
+    @field_validator("technical_contacts")
+    @classmethod
+    def _check_contacts(cls, value: list[str]) -> list[str]:
+        return [_one_address(address) for address in value]
+
+    @model_validator(mode="after")
+    def _check_processors(self) -> ConsentDeletionSettings:
+        names = [processor.name for processor in self.processors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"processor names must be unique, got {names}")
+        if self.enabled and not self.technical_contacts:
+            raise ValueError(
+                "LIFECYCLE_CONSENT_DELETION__TECHNICAL_CONTACTS is required when a processor is "
+                "enabled: escalations and alerts go there"
+            )
+        return self
+
+    @property
+    def enabled(self) -> list[RestProcessorSettings | MixpanelSettings | SegmentSettings]:
+        return [processor for processor in self.processors if processor.enabled]
+
+
 class Settings(BaseSettings):
     """Everything the flows need to reach the database, object storage and mail."""
 
@@ -392,6 +595,7 @@ class Settings(BaseSettings):
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
     ttl_purge: TtlPurgeSettings = Field(default_factory=TtlPurgeSettings)
     abandoned_carts: AbandonedCartsSettings = Field(default_factory=AbandonedCartsSettings)
+    consent_deletion: ConsentDeletionSettings = Field(default_factory=ConsentDeletionSettings)
 
     @field_validator("database_url")
     @classmethod
@@ -457,15 +661,7 @@ class Settings(BaseSettings):
     @field_validator("mail_from")
     @classmethod
     def _check_sender(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        _one_line(value, "the sender")
-        addresses = getaddresses([value])
-        address = parseaddr(value)[1]
-        local, at, domain = address.rpartition("@")
-        if len(addresses) != 1 or not at or not local or "." not in domain:
-            raise ValueError("must be one address, e.g. 'Acme <no-reply@acme.com>'")
-        return value
+        return None if value is None else _one_address(value)
 
     @model_validator(mode="after")
     def _require_backend_settings(self) -> Settings:
@@ -546,7 +742,11 @@ def get_settings() -> Settings:
             for err in exc.errors()
         ]
     except SourceError as exc:  # a value that is not valid JSON, e.g. LIFECYCLE_DELETION_PLAN
-        problems.append(f"{exc}; JSON values such as LIFECYCLE_DELETION_PLAN must be valid JSON")
+        field = re.search(r'field "(\w+)"', str(exc))
+        variable = f"{PREFIX}{field.group(1).upper()}" if field else "a JSON setting"
+        problems.append(
+            f"{variable} (or one of its {variable}__* variables) is not valid JSON: {exc}"
+        )
     if problems:
         raise SettingsError(f"Invalid lifecycle settings: {'; '.join(problems)}") from None
     return settings

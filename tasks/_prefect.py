@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
@@ -29,6 +29,7 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 from prefect.variables import Variable
 
+from lifecycle.clients.build import Clients
 from lifecycle.clients.mail.backends import Mailer
 from lifecycle.clients.mail.message import OutgoingMail
 from lifecycle.clients.mail.pacing import PacedSender
@@ -69,9 +70,10 @@ def batch_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
     )
 
 
-def report_batch(
-    report: BatchReport, events: Mapping[str, str], *, subject_label: str = "accounts"
-) -> BatchReport:
+B = TypeVar("B", bound=BatchReport)
+
+
+def report_batch(report: B, events: Mapping[str, str], *, subject_label: str = "accounts") -> B:
     """Log the batch and emit one event per outcome in ``events`` (outcome -> event name).
 
     One event per batch, not per item: an event per account would cost the Prefect server
@@ -310,6 +312,20 @@ def conclude(summary: RunSummary, what: str, advice: str) -> None:
     get_run_logger().info("summary: %s", summary.line())
     if summary.failed:
         raise RunFailed(f"{summary.failed} {what} failed ({advice}). Summary: {summary.line()}")
+
+
+@contextmanager
+def mail_sender(
+    settings: Settings, *, dry_run: bool = False
+) -> Iterator[Callable[[OutgoingMail], str]]:
+    """The configured mailer's send under the shared mail rate (unpaced in a dry run, which
+    sends nothing through it), with its connections closed afterwards."""
+    with closing(Clients(settings)) as clients:
+        if dry_run:
+            yield clients.mailer.send
+            return
+        with paced_mail(settings, clients.mailer) as send:
+            yield send
 
 
 def publish_summary(process: str, title: str, summary: RunSummary) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import closing, nullcontext
 from datetime import UTC, datetime, timedelta
 
 from prefect.runtime import flow_run
@@ -19,7 +18,7 @@ from lifecycle.processes.inactive_accounts.queries import DeletionQueue
 from lifecycle.processes.inactive_accounts.steps import SweepContext, SweepParams, SweepPlan
 from lifecycle.processes.inactive_accounts.warning_mail import WarningContext
 from lifecycle.settings import Settings, get_settings
-from tasks._prefect import batch_task, deletions_paused, paced_mail, report_batch
+from tasks._prefect import batch_task, deletions_paused, mail_sender, report_batch
 
 
 def _context(settings: Settings, params: SweepParams) -> SweepContext:
@@ -34,6 +33,7 @@ def _context(settings: Settings, params: SweepParams) -> SweepContext:
         flow_run_id=flow_run.get_id(),
         claim_group=settings.inactive_accounts.claim_group,
         undeliverable=settings.inactive_accounts.undeliverable,
+        third_parties=tuple(processor.name for processor in settings.consent_deletion.enabled),
     )
 
 
@@ -68,14 +68,7 @@ def warn_inactive_batch(params: SweepParams, shard: KeyRange, after: Cursor | No
         inactive_days=params.warn_after_days,
         grace_days=params.delete_after_days - params.warn_after_days,
     )
-    with (
-        closing(Clients(settings)) as clients,
-        (
-            nullcontext(clients.mailer.send)
-            if params.dry_run
-            else paced_mail(settings, clients.mailer)
-        ) as send,
-    ):
+    with mail_sender(settings, dry_run=params.dry_run) as send:
         report = steps.warn_batch(
             _context(settings, params),
             send=send,

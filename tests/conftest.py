@@ -20,6 +20,7 @@ from lifecycle.settings import Settings
 pytest_plugins = [
     "tests.support.http_server",
     "tests.support.moto_server",
+    "tests.support.processors",
     "tests.support.smtp_server",
 ]
 

@@ -7,6 +7,7 @@ These tests are what catch that.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -28,6 +29,7 @@ from prefect.cli.deploy._models import (
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.flows import Flow, load_flow_from_entrypoint
 
 from deployments.bootstrap import RUN_FAILED, WORK_POOL, bootstrap
@@ -71,6 +73,8 @@ DOCUMENTED_PARAMETERS = {
         "read_streams",
         "sweep_dynamodb",
     },
+    "consent-deletion-start": {"as_of", "dry_run", "max_concurrency"},
+    "consent-deletion-poll": {"as_of", "dry_run", "max_concurrency", "escalate_after"},
 }
 
 SECRET_PATTERNS = {
@@ -196,6 +200,17 @@ def test_concurrency_limit(deployment: dict[str, Any]) -> None:
 
 def test_deployment_parameters_exist(deployment: dict[str, Any], flow: Flow[Any, Any]) -> None:
     assert set(deployment.get("parameters") or {}) <= set(flow.parameters.properties)
+
+
+def test_event_triggers(deployment: dict[str, Any], flow: Flow[Any, Any]) -> None:
+    """Trigger keys Prefect knows (it ignores the others), and parameters the flow takes."""
+    for trigger in deployment.get("triggers") or []:
+        assert trigger["type"] == "event", trigger
+        fields = set(DeploymentEventTrigger.model_fields)
+        assert not set(trigger) - fields - {"type"}, sorted(set(trigger) - fields)
+        DeploymentEventTrigger.model_validate(trigger)
+        assert set(trigger.get("parameters") or {}) <= set(flow.parameters.properties)
+        assert trigger["expect"] and trigger["match"]
 
 
 # --- entrypoints --------------------------------------------------------------------------------
@@ -359,3 +374,15 @@ def test_workers_fetch_the_code_from_the_repository_their_environment_names() ->
         "prefect.deployments.steps.git_clone": {"repository": "{{ $LIFECYCLE_GIT_REPOSITORY }}"}
     }
     assert all("pull" not in deployment for deployment in _deployments())
+
+
+def test_bootstrap_caps_each_processor(limit_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"sim-{uuid.uuid4().hex[:8]}"
+    processor = {"kind": "rest", "name": name, "base_url": "https://x.test", "token": "t"}
+    monkeypatch.setenv("LIFECYCLE_CONSENT_DELETION__PROCESSORS", json.dumps([processor]))
+    monkeypatch.setenv("LIFECYCLE_CONSENT_DELETION__TECHNICAL_CONTACTS", '["ops@example.com"]')
+    bootstrap()
+    bootstrap()
+    with get_client(sync_client=True) as client:
+        limit = client.read_concurrency_limit_by_tag(f"processor:{name}")
+    assert limit.concurrency_limit == 1

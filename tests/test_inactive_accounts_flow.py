@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import email
 from collections import Counter
 from datetime import datetime, timedelta
-from email.message import Message
 
 import pytest
 import sqlalchemy as sa
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
-)
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.inactive_accounts import inactive_accounts
 from lifecycle.common.paging import key_ranges
@@ -23,14 +18,8 @@ from lifecycle.processes.inactive_accounts.steps import SweepSummary
 from lifecycle.settings import Settings
 from tests.support.clock import NOW, days_ago
 from tests.support.factories import insert_user, storage_of, user_row
+from tests.support.outbox import outbox
 from tests.support.prefect_runs import run_events, run_text
-
-
-def outbox(settings: Settings) -> list[Message]:
-    folder = settings.resolved_outbox_dir
-    if not folder.exists():
-        return []
-    return [email.message_from_bytes(p.read_bytes()) for p in sorted(folder.glob("*.eml"))]
 
 
 def table_count(engine: sa.Engine, table: sa.Table) -> int:

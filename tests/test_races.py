@@ -212,7 +212,8 @@ def test_crashed_run_is_resumed_after_its_lease_expires(
         deletion_warning_sent_at=days_ago(35),
         deletion_started_at=NOW,
         deletion_claim_id="live-run",
-        deletion_lease_until=NOW + timedelta(minutes=10),
+        # From the real clock, not the session's NOW: the suite may have run for 10 minutes.
+        deletion_lease_until=datetime.now(UTC) + timedelta(minutes=10),
     )
     storage_of(lifecycle_env).put(f"users/{crashed}/left-over.txt", b"x")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -475,3 +476,105 @@ def test_secret_never_in_errors_or_repr(env: pytest.MonkeyPatch) -> None:
     assert secret not in repr(settings) and secret not in str(settings.model_dump())
     text = _error(env, LIFECYCLE_ABANDONED_CARTS__REQUEST_TIMEOUT_SECONDS="-1")
     assert secret not in text and "REQUEST_TIMEOUT_SECONDS" in text
+
+
+# --- consent deletion: processors, contacts, durations ----------------------------------------
+
+
+def _processors(env: pytest.MonkeyPatch, *processors: dict[str, Any], contacts: bool = True) -> str:
+    env.setenv("LIFECYCLE_CONSENT_DELETION__PROCESSORS", json.dumps(list(processors)))
+    if contacts:
+        env.setenv("LIFECYCLE_CONSENT_DELETION__TECHNICAL_CONTACTS", '["ops@example.com"]')
+    try:
+        get_settings()
+    except SettingsError as exc:
+        assert SECRET not in str(exc)
+        return str(exc)
+    return ""
+
+
+def test_consent_deletion_defaults(env: pytest.MonkeyPatch) -> None:
+    group = get_settings().consent_deletion
+    assert group.processors == [] and group.technical_contacts == []
+    assert group.alert_repeat_after == timedelta(hours=24)
+
+
+def test_processors_of_every_kind(env: pytest.MonkeyPatch) -> None:
+    assert not _processors(
+        env,
+        {"kind": "mixpanel", "token": SECRET, "project_token": "p", "region": "eu"},
+        {"kind": "segment", "token_block": "segment-token", "escalate_after": "P10D"},
+        {"kind": "rest", "name": "acme", "base_url": "https://privacy.acme.test", "token": SECRET},
+        {"kind": "rest", "name": "off", "base_url": "https://x.test", "enabled": False},
+    )
+    group = get_settings().consent_deletion
+    assert [p.name for p in group.enabled] == ["mixpanel", "segment", "acme"]
+    assert group.processors[1].escalate_after == timedelta(days=10)
+    assert group.processors[0].escalate_after == timedelta(days=3)
+    assert SECRET not in repr(group) and SECRET not in str(group.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("processor", "problem"),
+    [
+        ({"kind": "rest", "name": "a", "base_url": "https://a.test"}, "has no token"),
+        ({"kind": "rest", "name": "a", "base_url": "https://a.test", "token": ""}, "not be empty"),
+        (
+            {"kind": "rest", "name": "a", "base_url": "https://a.test", "token": "  "},
+            "not be empty",
+        ),
+        ({"kind": "mixpanel", "token": SECRET}, "needs project_token"),
+        (
+            {"kind": "mixpanel", "token": SECRET, "project_token": "p", "ids_per_request": 2000},
+            "IDS_PER_REQUEST",
+        ),
+        ({"kind": "segment", "token": SECRET, "rate_per_second": 11}, "RATE_PER_SECOND"),
+        (
+            {"kind": "segment", "token": SECRET, "start_path": "/x"},
+            "Extra inputs are not permitted",
+        ),
+        ({"kind": "segment", "token": SECRET, "escalate_after": 3}, "ISO 8601 duration"),
+        ({"kind": "segment", "token": SECRET, "escalate_after": "PT10M"}, "ESCALATE_AFTER"),
+        ({"kind": "segment", "token": SECRET, "concurrency": True}, "not true/false"),
+        (
+            {"kind": "rest", "name": "Bad Name", "base_url": "https://a.test", "token": SECRET},
+            "NAME",
+        ),
+        ({"kind": "rest", "name": "a", "base_url": "ftp://a.test", "token": SECRET}, "BASE_URL"),
+        (
+            {
+                "kind": "rest",
+                "name": "a",
+                "base_url": "https://a.test",
+                "token": SECRET,
+                "body": {},
+            },
+            "{user_ids}",
+        ),
+        ({"kind": "nosuch", "token": SECRET}, "does not match any of the expected tags"),
+        ({"kind": "segment", "token": SECRET, "token_block": "b"}, "not both"),
+    ],
+)
+def test_bad_processors_are_refused_by_name(
+    env: pytest.MonkeyPatch, processor: dict[str, object], problem: str
+) -> None:
+    message = _processors(env, processor)
+    assert "LIFECYCLE_CONSENT_DELETION__PROCESSORS" in message and problem in message
+
+
+def test_processor_names_are_unique(env: pytest.MonkeyPatch) -> None:
+    segment = {"kind": "segment", "token": SECRET}
+    assert "must be unique" in _processors(env, segment, segment)
+
+
+def test_contacts_are_addresses_and_required_with_a_processor(env: pytest.MonkeyPatch) -> None:
+    segment = {"kind": "segment", "token": SECRET}
+    assert "TECHNICAL_CONTACTS is required" in _processors(env, segment, contacts=False)
+    env.setenv("LIFECYCLE_CONSENT_DELETION__TECHNICAL_CONTACTS", '["ops team"]')
+    assert "LIFECYCLE_CONSENT_DELETION__TECHNICAL_CONTACTS" in _error(env)
+
+
+def test_consent_deletion_json_must_be_valid(env: pytest.MonkeyPatch) -> None:
+    message = _error(env, LIFECYCLE_CONSENT_DELETION__PROCESSORS=f'[{{"token": "{SECRET}"')
+    assert "LIFECYCLE_CONSENT_DELETION" in message and "not valid JSON" in message
+    assert SECRET not in message

@@ -2,7 +2,11 @@
 
 Timeouts, connection errors, 429 and 5xx are retried with exponential backoff and jitter,
 honouring ``Retry-After``, within a time budget per call; once it is spent the call raises
-:class:`~lifecycle.errors.DependencyDown` naming the API. 401 and 403 raise
+:class:`~lifecycle.errors.DependencyDown` naming the API. A request that is not idempotent
+(``idempotent=False``: a POST that creates something at an API that takes no idempotency key)
+is retried only when it certainly was not acted on (no connection, 408, 425, 429, 503); after a
+read timeout, a dropped connection or another 5xx it raises :class:`OutcomeUnknown` at once,
+since sending it again could act twice. 401 and 403 raise
 :class:`AuthenticationFailed` (a :class:`~lifecycle.errors.ConfigError`: a wrong or expired
 token is fixed in settings, not by retrying); any other 4xx raises :class:`RequestRejected`.
 Errors name the API and the path, never headers, query strings or bodies we sent.
@@ -21,13 +25,17 @@ from typing import Any
 
 import httpx
 
-from lifecycle.errors import ConfigError, DependencyDown, PermanentError
+from lifecycle.errors import ConfigError, DependencyDown, PermanentError, TransientError
 from lifecycle.privacy import redact
 
 #: Seconds to connect, and to wait for each read, write or pool slot.
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 #: Status codes worth asking again.
 RETRIED_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: Of those, the answers that say the request was not acted on (RFC 9110, RFC 6585, RFC 8470).
+NOT_ACTED_ON = frozenset({408, 425, 429, 503})
+#: Transport errors raised before the request could reach the server.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _BODY_LIMIT = 200
 
 
@@ -41,6 +49,11 @@ class RequestRejected(PermanentError):
 
 class AuthenticationFailed(ConfigError):
     """401 or 403: the credentials in settings are wrong, expired or lack a permission."""
+
+
+class OutcomeUnknown(TransientError):
+    """A request that is not idempotent may or may not have been acted on (a read timeout, a
+    dropped connection, a 5xx after it was sent): it was not sent again."""
 
 
 @dataclass(frozen=True)
@@ -110,11 +123,14 @@ class HttpClient:
         method: str,
         path: str,
         *,
+        idempotent: bool = True,
         before_attempt: Callable[[int], None] | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
         """Send, retrying what is worth retrying; a 2xx or 3xx response, or an error.
 
+        With ``idempotent=False`` a failure after which the API may have acted raises
+        :class:`OutcomeUnknown` instead of sending the request again.
         ``before_attempt(attempt)`` runs before every attempt (numbered from 1); whatever it
         raises ends the call there, so a caller can re-check, right before each try, that the
         request is still wanted.
@@ -128,10 +144,14 @@ class HttpClient:
                 response = self._client.request(method, path, **kwargs)
             except httpx.TransportError as exc:  # timeouts, refused or dropped connections
                 problem = f"{type(exc).__name__} on {method} {path}"
+                if not idempotent and not isinstance(exc, _NOT_SENT):
+                    raise OutcomeUnknown(f"{self.name}: {problem}; not sent again") from None
             else:
                 if response.status_code not in RETRIED_STATUSES:
                     return self._checked(response, method, path)
                 problem = f"HTTP {response.status_code} on {method} {path}"
+                if not idempotent and response.status_code not in NOT_ACTED_ON:
+                    raise OutcomeUnknown(f"{self.name}: {problem}; not sent again")
                 retry_after = retry_after_seconds(response)
             if attempt == self._retry.attempts:
                 break

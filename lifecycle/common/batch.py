@@ -7,13 +7,14 @@ show them, in one way. Subjects are pseudonyms (:mod:`lifecycle.privacy`), never
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Self
 
 from pydantic import BaseModel
 
-from lifecycle.common.paging import Cursor
+from lifecycle.common.paging import Cursor, each_page
 from lifecycle.errors import ConfigError, DependencyDown, is_retryable
 from lifecycle.privacy import describe_error
 
@@ -25,13 +26,20 @@ KEPT_FAILURES = 50
 CLOCK_SKEW = timedelta(minutes=5)
 
 
-def resolve_as_of(as_of: datetime | None, now: datetime) -> datetime:
-    """The instant a run evaluates its rules at: ``now`` by default, never in the future."""
+def resolve_as_of(
+    as_of: datetime | None, now: datetime, *, look_ahead: timedelta = timedelta(0)
+) -> datetime:
+    """The instant a run evaluates its rules at: ``now`` by default, never in the future
+    (beyond ``look_ahead``, for processes where an early evaluation does no harm)."""
     if as_of is None:
         return now
     if as_of.tzinfo is None:
         raise ConfigError("as_of needs a time zone, e.g. 2026-11-01T00:00:00Z")
-    if as_of > now + CLOCK_SKEW:
+    if as_of > now + CLOCK_SKEW + look_ahead:
+        if look_ahead:
+            raise ConfigError(
+                f"as_of {as_of.isoformat()} is more than {look_ahead.days} days ahead"
+            )
         raise ConfigError(f"as_of {as_of.isoformat()} is in the future; deletions cannot be early")
     return as_of.astimezone(UTC)
 
@@ -70,6 +78,20 @@ class BatchReport:
         for outcome, subjects in other.subjects.items():
             self.subjects.setdefault(outcome, []).extend(subjects)
         self.failures.extend(other.failures)
+
+
+def run_pages(
+    run_batch: Callable[[Cursor | None], BatchReport],
+    total: BatchReport,
+    stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Run a walk's batches one after another, adding each report to ``total``; returns how
+    many batches ran."""
+    batches = 0
+    for report in each_page(run_batch, stop=stop):
+        total.merge(report)
+        batches += 1
+    return batches
 
 
 class Breaker:

@@ -3,9 +3,15 @@
 For each claimed user, in this order: what their folder in object storage holds is counted
 and kept on their row (once: a resumed erasure keeps the first count); the folder is deleted,
 every version of every object; then, in one transaction, the rows that reference them (per the
-deletion plan), their user row (only while our claim still holds it) and a receipt without
-personal data that says what was removed. A crash in between leaves the user marked as started
-(``deletion_started_at``) and the next run finishes the erasure.
+deletion plan), their user row (only while our claim still holds it), a receipt without
+personal data that says what was removed, and one deletion request per third party that holds
+their analytics data (the configured processors, :mod:`lifecycle.common.third_parties`). A
+crash in between leaves the user marked as started (``deletion_started_at``) and the next run
+finishes the erasure.
+
+A receipt is complete (``completed_at``) at once when there is no third party, otherwise when
+the consent-deletion poll has seen every one of its processor operations complete: only then
+does it prove erasure everywhere.
 
 The deletion plan comes from settings and is checked against the live schema: table and column
 names are only ever used to look up reflected ``sqlalchemy.Table`` objects, never pasted into SQL.
@@ -26,6 +32,7 @@ from lifecycle.clients.storage import Inventory, ObjectStorage
 from lifecycle.common import claims
 from lifecycle.common.batch import BatchReport, Breaker
 from lifecycle.common.claims import Claim, Lease
+from lifecycle.common.third_parties import DeletionRequest, request_deletions
 from lifecycle.db.schema import deletion_receipts, users
 from lifecycle.errors import ConfigError
 from lifecycle.settings import DeletionPlanSettings
@@ -165,9 +172,10 @@ def remove_rows(
     reason: str,
     flow_run_id: str | None,
     now: datetime,
+    third_parties: tuple[str, ...] = (),
 ) -> list[Receipt]:
-    """Referencing rows, then the users we still hold, then one receipt each; returns the
-    receipts. Run it in one transaction."""
+    """Referencing rows, then the users we still hold, then one receipt each and a deletion
+    request per third party; returns the receipts. Run it in one transaction."""
     per_user: dict[str, Counter[str]] = {user_id: Counter() for user_id in ids}
     for ref in plan.references:
         counts = conn.execute(
@@ -198,11 +206,30 @@ def remove_rows(
             objects_deleted=objects or 0,
             versions_deleted=versions or 0,
             rows_removed=dict(per_user[user_id]),
+            third_parties=third_parties,
         )
         for user_id, started_at, objects, versions in removed
     ]
     if receipts:
-        conn.execute(sa.insert(deletion_receipts), [receipt.row() for receipt in receipts])
+        receipt_ids = conn.execute(
+            sa.insert(deletion_receipts).returning(
+                deletion_receipts.c.id, sort_by_parameter_order=True
+            ),
+            [receipt.row() for receipt in receipts],
+        ).scalars()
+        requests = [
+            DeletionRequest(
+                user_id=receipt.user_id,
+                subject_hash=receipt.subject_hash,
+                reason="account_deleted",
+                requested_at=now,
+                processor=processor,
+                receipt_id=receipt_id,
+            )
+            for receipt, receipt_id in zip(receipts, receipt_ids, strict=True)
+            for processor in third_parties
+        ]
+        request_deletions(conn, requests, now=now, flow_run_id=flow_run_id)
     return receipts
 
 
@@ -219,10 +246,17 @@ class Receipt:
     objects_deleted: int
     versions_deleted: int
     rows_removed: dict[str, int]
+    third_parties: tuple[str, ...] = ()  # processors asked to erase the user too
 
     def row(self) -> dict[str, object]:
-        """The receipt as stored: everything but the user id."""
-        return {key: value for key, value in vars(self).items() if key != "user_id"}
+        """The receipt as stored: everything but the user id; complete at once unless a third
+        party still has to erase the user (the processor deletions name the receipt)."""
+        stored = {
+            key: value
+            for key, value in vars(self).items()
+            if key not in ("user_id", "third_parties")
+        }
+        return {**stored, "completed_at": None if self.third_parties else self.deleted_at}
 
 
 @dataclass(frozen=True)
@@ -237,6 +271,7 @@ class Erasure:
     clock: Callable[[], datetime]
     breaker: Breaker
     flow_run_id: str | None = None
+    third_parties: tuple[str, ...] = ()  # processors that erase the user's analytics data
 
     def erase(self, user_ids: list[str], *, claim_id: str, report: BatchReport) -> None:
         """Count, then files, then rows; a user whose files could not go keeps their rows and
@@ -308,6 +343,7 @@ class Erasure:
                 reason=self.reason,
                 flow_run_id=self.flow_run_id,
                 now=self.clock(),
+                third_parties=self.third_parties,
             )
         for receipt in receipts:
             report.record("deleted", receipt.subject_hash)

@@ -208,3 +208,110 @@ stream_checkpoints = sa.Table(
     sa.Column("claim_id", sa.String(36)),
     sa.Column("lease_until", UTCDateTime()),
 )
+
+# --- Consent-revocation deletion at third parties (lifecycle.processes.consent_deletion) ---------
+
+# The application sets analytics_consent_revoked_at; the sweep walks revocations by it.
+sa.Index(
+    "ix_users_consent_revoked",
+    users.c.analytics_consent_revoked_at,
+    users.c.id,
+    postgresql_where=users.c.analytics_consent_revoked_at.is_not(None),
+    sqlite_where=users.c.analytics_consent_revoked_at.is_not(None),
+)
+
+#: When the erasure was complete everywhere: at once when no third party holds the user's data,
+#: otherwise when the last of its processor operations completed (NULL until then).
+deletion_receipts.append_column(sa.Column("completed_at", UTCDateTime()))
+
+DELETION_REASONS = ("consent_revoked", "account_deleted")
+OPERATION_STATUSES = ("requested", "pending", "complete", "failed")
+
+#: One deletion at one processor for one user: requested, started (operation id), checked until
+#: complete or failed. The raw user id stays here, in our own database, to call the vendor; an
+#: account deletion's is cleared once its operation completes (the subject hash remains).
+processor_deletions = sa.Table(
+    "processor_deletions",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.String(36)),
+    sa.Column("subject_hash", sa.String(64), nullable=False),
+    sa.Column("reason", sa.String(16), nullable=False),
+    sa.Column("requested_at", UTCDateTime(), nullable=False),  # revocation or account deletion
+    sa.Column("deadline_at", UTCDateTime(), nullable=False),  # legal deadline: one month later
+    sa.Column("processor", sa.String(40), nullable=False),
+    sa.Column("receipt_id", sa.Integer(), sa.ForeignKey("deletion_receipts.id")),
+    sa.Column("status", sa.String(16), nullable=False, server_default="requested"),
+    sa.Column("operation_id", sa.String(200)),
+    sa.Column("vendor_status", sa.String(64)),
+    sa.Column("claim_id", sa.String(36)),
+    sa.Column("lease_until", UTCDateTime()),
+    sa.Column("start_attempts", sa.Integer(), nullable=False, server_default="0"),
+    # Start calls whose answer never arrived (a crash, a timeout): each may have left one
+    # operation at the vendor that no record names.
+    sa.Column("unconfirmed_starts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("first_attempt_at", UTCDateTime()),
+    sa.Column("started_at", UTCDateTime()),
+    sa.Column("last_checked_at", UTCDateTime()),
+    sa.Column("checks", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("completed_at", UTCDateTime()),
+    sa.Column("failed_at", UTCDateTime()),
+    sa.Column("error", sa.String(300)),
+    sa.Column("escalated_at", UTCDateTime()),
+    sa.Column("failure_reported_at", UTCDateTime()),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.CheckConstraint(one_of("reason", DELETION_REASONS), name="ck_processor_deletions_reason"),
+    sa.CheckConstraint(one_of("status", OPERATION_STATUSES), name="ck_processor_deletions_status"),
+    sa.UniqueConstraint(
+        "user_id", "processor", "reason", "requested_at", name="uq_processor_deletions_request"
+    ),
+)
+# Starts walk what is requested, polls what is pending, each per processor in time order.
+sa.Index(
+    "ix_processor_deletions_requested",
+    processor_deletions.c.processor,
+    processor_deletions.c.requested_at,
+    processor_deletions.c.id,
+    postgresql_where=processor_deletions.c.status == "requested",
+    sqlite_where=processor_deletions.c.status == "requested",
+)
+sa.Index(
+    "ix_processor_deletions_pending",
+    processor_deletions.c.processor,
+    processor_deletions.c.started_at,
+    processor_deletions.c.id,
+    postgresql_where=processor_deletions.c.status == "pending",
+    sqlite_where=processor_deletions.c.status == "pending",
+)
+sa.Index("ix_processor_deletions_receipt", processor_deletions.c.receipt_id)
+
+#: Every step of every processor deletion, appended and never changed (triggers refuse UPDATE
+#: and DELETE). No personal data: the deletion's id, the vendor's words, redacted errors.
+processor_deletion_steps = sa.Table(
+    "processor_deletion_steps",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("deletion_id", sa.Integer(), sa.ForeignKey("processor_deletions.id"), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("step", sa.String(24), nullable=False),
+    sa.Column("operation_id", sa.String(200)),
+    sa.Column("vendor_status", sa.String(64)),
+    sa.Column("detail", sa.String(300)),
+    sa.Column("flow_run_id", sa.String(36)),
+)
+sa.Index("ix_processor_deletion_steps_deletion", processor_deletion_steps.c.deletion_id)
+
+#: Alerts about a processor (authentication, changed schema, not answering), mailed once per
+#: kind until resolved, or again after LIFECYCLE_CONSENT_DELETION__ALERT_REPEAT_AFTER.
+processor_alerts = sa.Table(
+    "processor_alerts",
+    metadata,
+    sa.Column("processor", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(24), primary_key=True),
+    sa.Column("first_seen_at", UTCDateTime(), nullable=False),
+    sa.Column("last_seen_at", UTCDateTime(), nullable=False),
+    sa.Column("occurrences", sa.Integer(), nullable=False),
+    sa.Column("detail", sa.String(300), nullable=False),
+    sa.Column("mailed_at", UTCDateTime()),
+    sa.Column("resolved_at", UTCDateTime()),
+)

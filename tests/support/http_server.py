@@ -55,6 +55,9 @@ class ScriptedHttpServer(ThreadingHTTPServer):
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # One write per answer, sent at once: otherwise Nagle holds the body back ~40 ms.
+            wbufsize = -1
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:
                 server._serve(self)

@@ -90,6 +90,7 @@ class SweepContext:
     flow_run_id: str | None = None
     claim_group: int = 20
     undeliverable: Literal["keep", "delete"] = "keep"
+    third_parties: tuple[str, ...] = ()  # processors asked to erase deleted accounts too
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def subject(self, user_id: str) -> str:
@@ -105,6 +106,7 @@ class SweepContext:
             clock=self.clock,
             breaker=breaker,
             flow_run_id=self.flow_run_id,
+            third_parties=self.third_parties,
         )
 
 
