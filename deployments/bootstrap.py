@@ -13,7 +13,9 @@ It creates:
 - with ``LIFECYCLE_ALERT_WEBHOOK_URL`` set: the notification block ``lifecycle-alerts`` (a
   custom webhook that posts ``{"subject", "text", "source"}`` JSON, which Slack incoming
   webhooks accept as is) and the automation ``lifecycle-run-failed``: any flow run tagged
-  ``lifecycle`` that ends Failed or Crashed sends a notification through it;
+  ``lifecycle`` that ends Failed or Crashed sends a notification through it; and one automation
+  per event that needs a person (``EVENT_ALERTS``: the TTL purge falling behind, consent
+  deletions escalated or given up by a vendor), each routed to the same block;
 - for each enabled deletion processor, a tag concurrency limit ``processor:<name>`` of 1: one
   task at a time calls that vendor, across every run and worker, so its ``rate_per_second`` is
   the vendor-wide rate.
@@ -22,7 +24,9 @@ It creates:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
+from uuid import UUID
 
 from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
@@ -40,6 +44,44 @@ RUN_FAILED = "lifecycle-run-failed"
 PROCESSOR_TASKS = 1
 
 logger = logging.getLogger("lifecycle.bootstrap")
+
+
+@dataclass(frozen=True)
+class EventAlert:
+    """An automation that notifies the alert block each time ``event`` happens."""
+
+    name: str
+    event: str
+    description: str
+    body: str  # Jinja, with ``event`` in scope; names and pseudonyms only, no personal data
+
+
+EVENT_ALERTS = (
+    EventAlert(
+        "lifecycle-ttl-backlog",
+        "lifecycle.ttl.backlog",
+        "The TTL purge is not keeping up with a target.",
+        "{{ event.resource['prefect.resource.name'] }}: {{ event.payload.expired }} expired "
+        "rows left, the oldest {{ event.payload.oldest_age_seconds }} s past its expiry "
+        "(alert above {{ event.payload.alert_rows }} rows or "
+        "{{ event.payload.alert_age_seconds }} s).",
+    ),
+    EventAlert(
+        "lifecycle-consent-escalated",
+        "lifecycle.consent.deletion.escalated",
+        "A third-party deletion is still pending past escalate_after.",
+        "{{ event.resource['prefect.resource.name'] }}: operation "
+        "{{ event.payload.operation_id }} is still pending (the technical contacts were "
+        "mailed the details).",
+    ),
+    EventAlert(
+        "lifecycle-consent-failed",
+        "lifecycle.consent.deletion.failed",
+        "A vendor reported third-party deletions as failed.",
+        "{{ event.payload.count }} third-party deletions failed in batch "
+        "{{ event.resource['prefect.resource.name'] }}; they are not retried on their own.",
+    ),
+)
 
 
 def bootstrap() -> None:
@@ -110,6 +152,29 @@ def ensure_alerts(client: SyncPrefectClient, settings: Settings) -> None:
                 )
             ],
         ),
+    )
+    for alert in EVENT_ALERTS:
+        ensure_automation(client, event_automation(alert, block_id))
+
+
+def event_automation(alert: EventAlert, block_id: UUID) -> AutomationCore:
+    return AutomationCore(
+        name=alert.name,
+        description=alert.description,
+        trigger=EventTrigger(
+            expect={alert.event},
+            match={"prefect.resource.id": "lifecycle.*"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_id,
+                subject=f"[lifecycle] {alert.description}",
+                body=f"{alert.body}\nSee deployments/RUNBOOK.md ({alert.name}).",
+            )
+        ],
     )
 
 
