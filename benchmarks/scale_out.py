@@ -40,7 +40,7 @@ from typing import Any
 
 import psutil
 import psycopg
-from _common import Postgres, Verdicts, prefect_server  # benchmarks/_common.py
+from _common import Postgres, Verdicts, postgres_prefect_server  # benchmarks/_common.py
 from inactive_accounts_sweep import (
     DELETE_DUE,
     WARN_DUE,
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = Verdicts()
     print(f"machine: {psutil.cpu_count()} cores; load {os.getloadavg()[0]:.2f}")
     try:
-        with prefect_server(pg, workdir / "prefect"):
+        with postgres_prefect_server(pg, workdir / "prefect"):
             bench_inactive_accounts(pg, workdir, verdicts, args.users)
             pg.drop_all()
             bench_ttl_purge(pg, verdicts, args.rows)

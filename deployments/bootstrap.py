@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 from uuid import UUID
 
 from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
@@ -119,26 +120,24 @@ def ensure_alerts(client: SyncPrefectClient, settings: Settings) -> None:
             "(set it and run the bootstrap again)"
         )
         return
-    block_id = CustomWebhookNotificationBlock(
+    saved = CustomWebhookNotificationBlock(
         name="lifecycle",
         url=settings.alert_webhook_url.get_secret_value(),
         json_data={"subject": "{{subject}}", "text": "{{body}}", "source": "{{name}}"},
     ).save(ALERT_BLOCK, overwrite=True)
+    block_id = cast(UUID, saved)  # save() is sync here; its type also covers async callers
     ensure_automation(
         client,
         AutomationCore(
             name=RUN_FAILED,
             description="A lifecycle flow run ended Failed or Crashed.",
-            trigger=EventTrigger(
-                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+            trigger=reactive(
+                {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
                 match={"prefect.resource.id": "prefect.flow-run.*"},
                 match_related={  # the run's, its flow's or its deployment's tags
                     "prefect.resource.role": "tag",
                     "prefect.resource.id": "prefect.tag.lifecycle",
                 },
-                posture=Posture.Reactive,
-                threshold=1,
-                within=timedelta(0),
             ),
             actions=[
                 SendNotification(
@@ -154,27 +153,34 @@ def ensure_alerts(client: SyncPrefectClient, settings: Settings) -> None:
         ),
     )
     for alert in EVENT_ALERTS:
-        ensure_automation(client, event_automation(alert, block_id))
+        ensure_automation(
+            client,
+            AutomationCore(
+                name=alert.name,
+                description=alert.description,
+                trigger=reactive({alert.event}, match={"prefect.resource.id": "lifecycle.*"}),
+                actions=[
+                    SendNotification(
+                        block_document_id=block_id,
+                        subject=f"[lifecycle] {alert.description}",
+                        body=f"{alert.body}\nSee deployments/RUNBOOK.md ({alert.name}).",
+                    )
+                ],
+            ),
+        )
 
 
-def event_automation(alert: EventAlert, block_id: UUID) -> AutomationCore:
-    return AutomationCore(
-        name=alert.name,
-        description=alert.description,
-        trigger=EventTrigger(
-            expect={alert.event},
-            match={"prefect.resource.id": "lifecycle.*"},
-            posture=Posture.Reactive,
-            threshold=1,
-            within=timedelta(0),
-        ),
-        actions=[
-            SendNotification(
-                block_document_id=block_id,
-                subject=f"[lifecycle] {alert.description}",
-                body=f"{alert.body}\nSee deployments/RUNBOOK.md ({alert.name}).",
-            )
-        ],
+def reactive(
+    events: set[str], *, match: dict[str, str], match_related: dict[str, str] | None = None
+) -> EventTrigger:
+    """Fires on each matching event, at once."""
+    return EventTrigger(
+        expect=events,
+        match=match,
+        match_related=match_related or {},
+        posture=Posture.Reactive,
+        threshold=1,
+        within=timedelta(0),
     )
 
 

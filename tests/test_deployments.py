@@ -353,11 +353,18 @@ def failing_flow() -> None:
     raise RuntimeError("disk on fire")
 
 
-def test_bootstrap_alerts_on_failed_runs_through_a_webhook(
+@pytest.fixture
+def alert_hook(
     limit_name: str, monkeypatch: pytest.MonkeyPatch, http_server: ScriptedHttpServer
-) -> None:
+) -> ScriptedHttpServer:
+    """The alert webhook: a local HTTP server answering 200 at /hook."""
     http_server.reply("POST", "/hook", Reply(200, {}))
     monkeypatch.setenv("LIFECYCLE_ALERT_WEBHOOK_URL", f"{http_server.url}/hook")
+    return http_server
+
+
+def test_bootstrap_alerts_on_failed_runs_through_a_webhook(alert_hook: ScriptedHttpServer) -> None:
+    http_server = alert_hook
     bootstrap()
     bootstrap()  # idempotent: one automation of that name, updated in place
     with get_client(sync_client=True) as client:
@@ -378,10 +385,9 @@ def test_bootstrap_alerts_on_failed_runs_through_a_webhook(
 
 
 def test_bootstrap_routes_events_that_need_a_person_to_the_webhook(
-    limit_name: str, monkeypatch: pytest.MonkeyPatch, http_server: ScriptedHttpServer
+    alert_hook: ScriptedHttpServer,
 ) -> None:
-    http_server.reply("POST", "/hook", Reply(200, {}))
-    monkeypatch.setenv("LIFECYCLE_ALERT_WEBHOOK_URL", f"{http_server.url}/hook")
+    http_server = alert_hook
     bootstrap()
     with get_client(sync_client=True) as client:
         names = {a.name for a in client.read_automations()}
