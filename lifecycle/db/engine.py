@@ -53,24 +53,25 @@ def check_reachable(engine: sa.Engine) -> None:
 
 @contextmanager
 def relaxed_connection(engine: sa.Engine) -> Iterator[sa.Connection]:
-    """A connection whose COMMITs return before their WAL records reach the disk.
+    """A connection for single-statement bookkeeping: each statement commits on its own (one
+    round trip, no BEGIN or COMMIT), and the commit returns before its WAL record reaches the
+    disk.
 
     For bookkeeping whose loss in a database crash (not a worker crash: a commit is visible at
-    once) costs a repeated mail, never a wrong deletion; it saves a disk flush per commit. The
-    setting is reset before the connection goes back to the pool.
+    once) costs a repeated mail, never a wrong deletion. ``with conn.begin():`` blocks still
+    read as transactions but send nothing, so put only one statement in each. The settings are
+    reset before the connection goes back to the pool.
     """
     postgres = engine.dialect.name == "postgresql"
     with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")  # reset by the pool on return
         if postgres:
             conn.exec_driver_sql("SET synchronous_commit TO OFF")
-            conn.commit()
         try:
             yield conn
         finally:
             if postgres:
-                conn.rollback()
                 conn.exec_driver_sql("RESET synchronous_commit")
-                conn.commit()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

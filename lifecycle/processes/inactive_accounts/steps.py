@@ -138,10 +138,9 @@ def warn_batch(
         for start in range(0, len(ids), ctx.claim_group):
             group = ids[start : start + ctx.claim_group]
             claim = Claim.new(ctx.clock(), ctx.lease)
-            with conn.begin():
-                recipients = queries.claim_warnings(
-                    conn, group, as_of=ctx.as_of, policy=ctx.policy, claim=claim
-                )
+            recipients = queries.claim_warnings(
+                conn, group, as_of=ctx.as_of, policy=ctx.policy, claim=claim
+            )
             report.counts["skipped"] += len(group) - len(recipients)
             _Warner(ctx, conn, send, mail_context, breaker, claim, report).warn(recipients)
     return report
@@ -158,7 +157,7 @@ class _Warner:
     repeats at most the mail in flight."""
 
     ctx: SweepContext
-    conn: sa.Connection  # commits need not wait for the disk: a lost one repeats a mail
+    conn: sa.Connection  # each statement commits at once, without waiting for the disk
     send: Send
     mail_context: WarningContext
     breaker: Breaker
@@ -202,25 +201,22 @@ class _Warner:
             self.report.fail(subject, "warn", exc)
             self.breaker.failure(exc)
             return
-        with self.conn.begin():
-            self.conn.execute(self._confirm, {"keys": [recipient.id], "sent_at": self.ctx.clock()})
+        self.conn.execute(self._confirm, {"keys": [recipient.id], "sent_at": self.ctx.clock()})
         self.report.record("warned", subject)
         self.breaker.success()
 
     def _record_undeliverable(self, user_id: str) -> None:
-        with self.conn.begin():
-            queries.mark_undeliverable(
-                self.conn,
-                [user_id],
-                claim=self.claim,
-                now=self.ctx.clock(),
-                as_notice=self.ctx.undeliverable == "delete",
-            )
+        queries.mark_undeliverable(
+            self.conn,
+            [user_id],
+            claim=self.claim,
+            now=self.ctx.clock(),
+            as_notice=self.ctx.undeliverable == "delete",
+        )
 
     def _release(self, ids: list[str]) -> None:
         if ids:
-            with self.conn.begin():
-                queries.release_warnings(self.conn, ids, claim_id=self.claim.id)
+            queries.release_warnings(self.conn, ids, claim_id=self.claim.id)
 
 
 def delete_batch(
