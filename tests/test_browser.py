@@ -1,0 +1,100 @@
+"""The Prefect UI of the shared e2e stack in headless Chromium (Debian's ``chromium`` package,
+driven by Playwright): a custom run of ``inactive-accounts`` from its run form, with ``dry_run``
+on and an ``as_of`` date, followed to Completed and to its summary artifact.
+
+Selectors follow the v2 UI's source (ui-v2/src in PrefectHQ/prefect): the deployment's "Run"
+menu and its "Custom run" item (run-flow-button.tsx), the parameter form whose labels are the
+parameters' titles plus " (Optional)" (schemas/schema-form-property-label.tsx), the date-time
+picker's day buttons keyed by ``data-day`` (ui/calendar.tsx), and the run page's tabs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.support.clock import days_ago
+from tests.support.e2e import E2EStack
+from tests.support.factories import insert_user, user_row
+from tests.support.prefect_stack import ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: Screenshots land here (git-ignored), one folder per test.
+OUTPUT = ROOT / "test-output"
+RUN_SECONDS = 180
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does it)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A page in UTC and US English (the date picker's formats); a screenshot when done."""
+    context = browser.new_context(
+        locale="en-US", timezone_id="UTC", viewport={"width": 1440, "height": 1000}
+    )
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        yield page
+    finally:
+        folder = OUTPUT / request.node.name
+        folder.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=folder / "last.png", full_page=True)
+        context.close()
+
+
+def test_custom_dry_run_from_the_run_form_completes_with_its_summary(
+    e2e_stack: E2EStack, page: Page
+) -> None:
+    as_of = (datetime.now(UTC) - timedelta(days=7)).replace(hour=0, minute=0, second=0)
+    due = insert_user(e2e_stack.engine, last_visit_at=days_ago(70, before=as_of))
+
+    page.goto(e2e_stack.server.url)
+    expect(page).to_have_url(f"{e2e_stack.server.url}/v2/dashboard")  # the pinned UI
+    page.get_by_role("link", name="Deployments").click()
+    page.get_by_role("link", name="inactive-accounts").first.click()
+    page.get_by_role("button", name="Run").click()
+    page.get_by_role("menuitem", name="Custom run").click()
+
+    page.get_by_label("Dry run (Optional)").click()
+    expect(page.get_by_label("Dry run (Optional)")).to_be_checked()
+    page.get_by_role("tab", name="date-time").click()
+    page.get_by_role("button", name="MM/DD/YYYY hh:mm aa").click()
+    page.locator(f'button[data-day="{as_of:%-m/%-d/%Y}"]').click()
+    page.keyboard.press("Escape")
+    expect(page.get_by_text(f"{as_of:%m/%d/%Y} 12:00 AM")).to_be_visible()
+    page.get_by_role("button", name="Submit").click()
+    page.get_by_role("button", name="View run").click()
+
+    completed = page.get_by_text("Completed").first
+    deadline = datetime.now(UTC) + timedelta(seconds=RUN_SECONDS)
+    while not completed.is_visible():  # the page polls only once the run is Pending
+        assert datetime.now(UTC) < deadline, "the run did not complete"
+        page.wait_for_timeout(2000)
+        page.reload()
+    page.get_by_role("tab", name="Artifacts").click()
+    key = f"inactive-accounts-dry-run-{as_of:%Y%m%d-%H%M%S}-"
+    artifact = page.get_by_text(key)
+    expect(artifact).to_be_visible()
+    artifact.click()
+    expect(page.get_by_role("cell", name="outcome")).to_be_visible()
+    page.screenshot(path=_folder(page) / "summary-artifact.png", full_page=True)
+
+    row = user_row(e2e_stack.engine, due)
+    assert row is not None and row.deletion_warning_sent_at is None  # a dry run
