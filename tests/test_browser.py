@@ -10,12 +10,18 @@ picker's day buttons keyed by ``data-day`` (ui/calendar.tsx), and the run page's
 
 from __future__ import annotations
 
+import re
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
+from uuid import UUID
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests.support.clock import days_ago
 from tests.support.e2e import E2EStack
@@ -43,8 +49,17 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    """A page in UTC and US English (the date picker's formats); a screenshot when done."""
+def shots(request: pytest.FixtureRequest) -> Path:
+    """This test's screenshot folder, emptied."""
+    folder = OUTPUT / request.node.name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture
+def page(browser: Browser, shots: Path) -> Iterator[Page]:
+    """A page in UTC and US English (the date picker's formats); its last screenshot kept."""
     context = browser.new_context(
         locale="en-US", timezone_id="UTC", viewport={"width": 1440, "height": 1000}
     )
@@ -53,48 +68,57 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     try:
         yield page
     finally:
-        folder = OUTPUT / request.node.name
-        folder.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=folder / "last.png", full_page=True)
+        page.screenshot(path=shots / "last.png", full_page=True)
         context.close()
 
 
 def test_custom_dry_run_from_the_run_form_completes_with_its_summary(
-    e2e_stack: E2EStack, page: Page
+    e2e_stack: E2EStack, page: Page, shots: Path
 ) -> None:
-    as_of = (datetime.now(UTC) - timedelta(days=7)).replace(hour=0, minute=0, second=0)
+    as_of = (datetime.now(UTC) - timedelta(days=7)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
     due = insert_user(e2e_stack.engine, last_visit_at=days_ago(70, before=as_of))
 
     page.goto(e2e_stack.server.url)
-    expect(page).to_have_url(f"{e2e_stack.server.url}/v2/dashboard")  # the pinned UI
+    expect(page).to_have_url(re.compile(r"/v2/"))  # the pinned UI: / redirects to it
     page.get_by_role("link", name="Deployments").click()
     page.get_by_role("link", name="inactive-accounts").first.click()
     page.get_by_role("button", name="Run").click()
     page.get_by_role("menuitem", name="Custom run").click()
 
-    page.get_by_label("Dry run (Optional)").click()
-    expect(page.get_by_label("Dry run (Optional)")).to_be_checked()
-    page.get_by_role("tab", name="date-time").click()
+    dry_run = page.get_by_label("Dry run (Optional)")
+    dry_run.click()
+    expect(dry_run).to_be_checked()
+    page.get_by_role("tab", name="date-time").click()  # As of: a date-time, not None
     page.get_by_role("button", name="MM/DD/YYYY hh:mm aa").click()
-    page.locator(f'button[data-day="{as_of:%-m/%-d/%Y}"]').click()
+    page.locator(f'button[data-day="{as_of.month}/{as_of.day}/{as_of.year}"]').click()
     page.keyboard.press("Escape")
     expect(page.get_by_text(f"{as_of:%m/%d/%Y} 12:00 AM")).to_be_visible()
+    page.screenshot(path=shots / "run-form.png", full_page=True)
     page.get_by_role("button", name="Submit").click()
-    page.get_by_role("button", name="View run").click()
+    page.get_by_role("button", name="View run").click()  # in the "scheduled" toast
 
-    completed = page.get_by_text("Completed").first
+    completed = page.get_by_text("Completed", exact=True)
     deadline = datetime.now(UTC) + timedelta(seconds=RUN_SECONDS)
-    while not completed.is_visible():  # the page polls only once the run is Pending
-        assert datetime.now(UTC) < deadline, "the run did not complete"
+    while not completed.is_visible():  # the page refreshes itself only while it runs
+        assert datetime.now(UTC) < deadline, "the run did not complete in the UI"
         page.wait_for_timeout(2000)
         page.reload()
+    run_id = UUID(urlsplit(page.url).path.rsplit("/", 1)[-1])
     page.get_by_role("tab", name="Artifacts").click()
-    key = f"inactive-accounts-dry-run-{as_of:%Y%m%d-%H%M%S}-"
-    artifact = page.get_by_text(key)
-    expect(artifact).to_be_visible()
-    artifact.click()
-    expect(page.get_by_role("cell", name="outcome")).to_be_visible()
-    page.screenshot(path=_folder(page) / "summary-artifact.png", full_page=True)
+    key = f"inactive-accounts-dry-run-{as_of:%Y%m%d-%H%M%S}-{str(run_id)[:8]}"
+    page.get_by_text(key).click()
+    page.get_by_test_id(re.compile("^timeline-card-")).get_by_role("link").first.click()
+    expect(page.get_by_test_id("table-display")).to_be_visible()
+    expect(page.get_by_text("dry_run=True").first).to_be_visible()
+    expect(page.get_by_role("cell", name="would_warn", exact=True)).to_be_visible()
+    page.screenshot(path=shots / "summary-artifact.png", full_page=True)
 
+    with temporary_settings({PREFECT_API_URL: e2e_stack.server.api_url}):
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(run_id)
+    sent = {name: run.parameters[name] for name in ("as_of", "dry_run")}  # and the defaults
+    assert sent == {"as_of": as_of.strftime("%Y-%m-%dT%H:%M:%SZ"), "dry_run": True}
     row = user_row(e2e_stack.engine, due)
     assert row is not None and row.deletion_warning_sent_at is None  # a dry run
