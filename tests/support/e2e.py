@@ -14,6 +14,7 @@ The worker clones this repository (the ``pull:`` step), so the runs execute comm
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -77,6 +78,18 @@ class E2EStack:
             run = run_deployment(name, parameters=parameters or {}, timeout=600, poll_interval=1)
         assert isinstance(run, FlowRun)
         return run
+
+    def wait(self, flow_run_id: UUID, timeout: float = 600) -> FlowRun:
+        """A run (started elsewhere, e.g. from the UI) once it reached a final state."""
+        deadline = time.monotonic() + timeout
+        with temporary_settings({PREFECT_API_URL: self.server.api_url}):
+            with get_client(sync_client=True) as client:
+                while True:
+                    run = client.read_flow_run(flow_run_id)
+                    if run.state is not None and run.state.is_final():
+                        return run
+                    assert time.monotonic() < deadline, f"{flow_run_id} is still {run.state}"
+                    time.sleep(1)
 
     def artifacts(self, flow_run_id: UUID) -> list[Artifact]:
         """The artifacts a run created, read from the stack's server."""
