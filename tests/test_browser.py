@@ -61,7 +61,7 @@ def page(browser: Browser, shots: Path) -> Iterator[Page]:
         locale="en-US", timezone_id="UTC", viewport={"width": 1440, "height": 1000}
     )
     page = context.new_page()
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(60_000)  # a loaded 2-core machine
     try:
         yield page
     finally:
@@ -93,8 +93,10 @@ def test_custom_dry_run_from_the_run_form_completes_with_its_summary(
     page.keyboard.press("Escape")
     expect(page.get_by_text(f"{as_of:%m/%d/%Y} 12:00 AM")).to_be_visible()
     page.screenshot(path=shots / "run-form.png", full_page=True)
+    name = page.get_by_label("Run Name").input_value()
     page.get_by_role("button", name="Submit").click()
-    page.get_by_role("button", name="View run").click()  # in the "scheduled" toast
+    page.wait_for_url(re.compile(r"/v2/deployments/deployment/[^/]+\?"))  # back, run created
+    page.get_by_role("link", name=name).click()  # in the deployment's runs
 
     page.wait_for_url(re.compile(r"/v2/runs/flow-run/"))
     run_id = UUID(urlsplit(page.url).path.rsplit("/", 1)[-1])
