@@ -126,6 +126,12 @@ def worker_settings(stack: E2EStack) -> dict[str, str]:
     }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the e2e tests last (in their order): the stack then starts once, after every other
+    test, and its server and worker do not load the machine while the rest of the suite runs."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
+
+
 @pytest.fixture(scope="session")
 def e2e_stack(
     postgres_admin_url: str, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
