@@ -72,15 +72,19 @@ class E2EStack:
     def engine(self) -> sa.Engine:
         return get_engine(self.database_url)
 
-    def run(self, name: str, parameters: dict[str, Any] | None = None) -> FlowRun:
-        """Start a deployment's run and wait for its end (through the worker)."""
+    def start(self, name: str, parameters: dict[str, Any] | None = None) -> UUID:
+        """Start a run of a deployment ("flow/deployment"); its id, without waiting."""
         with temporary_settings({PREFECT_API_URL: self.server.api_url}):
-            run = run_deployment(name, parameters=parameters or {}, timeout=600, poll_interval=1)
+            run = run_deployment(name, parameters=parameters or {}, timeout=0)
         assert isinstance(run, FlowRun)
-        return run
+        return run.id
+
+    def run(self, name: str, parameters: dict[str, Any] | None = None) -> FlowRun:
+        """Start a run of a deployment and wait for its end (through the worker)."""
+        return self.wait(self.start(name, parameters))
 
     def wait(self, flow_run_id: UUID, timeout: float = 600) -> FlowRun:
-        """A run (started elsewhere, e.g. from the UI) once it reached a final state."""
+        """A run once it reached a final state (Completed, Failed, Crashed, Cancelled)."""
         deadline = time.monotonic() + timeout
         with temporary_settings({PREFECT_API_URL: self.server.api_url}):
             with get_client(sync_client=True) as client:
