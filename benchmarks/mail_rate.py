@@ -25,8 +25,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +35,9 @@ from datetime import UTC, datetime, timedelta
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from _common import PrefectServer  # benchmarks/_common.py, next to this script
 
 RATE = 14.0
 USERS = 1_000
@@ -134,71 +134,6 @@ def print_sends(label: str, sends: Sends, split: dict[str, int]) -> None:
 
 
 # --------------------------------------------------------------------------- server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrefectServer:
-    """``prefect server start`` in its own session, stopped (with its children) on exit."""
-
-    def __init__(self, home: Path, log: IO[bytes]) -> None:
-        self.port = free_port()
-        self.api_url = f"http://127.0.0.1:{self.port}/api"
-        self._home = home
-        self._log = log
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> PrefectServer:
-        env = base_env(self._home)
-        env.pop("PREFECT_API_URL", None)
-        env["PREFECT_UI_ENABLED"] = "false"
-        self._process = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("prefect")),
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._wait_healthy()
-        return self
-
-    def _wait_healthy(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._process is not None and self._process.poll() is not None:
-                raise RuntimeError(f"prefect server exited with {self._process.returncode}")
-            try:
-                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"prefect server not healthy after {SERVER_START_TIMEOUT:.0f} s")
-
-    def __exit__(self, *exc: object) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)  # the session we started: server and children
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 def base_env(prefect_home: Path) -> dict[str, str]:
@@ -409,7 +344,7 @@ def measure(workdir: Path, logs: Path, *, baseline: bool) -> list[str]:
     """Both measurements against one server; returns the names of missed targets."""
     with (
         (logs / "server.log").open("wb") as server_log,
-        PrefectServer(workdir / "prefect-home", server_log) as server,
+        PrefectServer(workdir / "prefect-home", server_log, env=base_env) as server,
     ):
         print(f"Prefect server up at {server.api_url}")
         os.environ["PREFECT_API_URL"] = server.api_url  # before this process imports prefect

@@ -13,7 +13,9 @@ It creates:
 - with ``LIFECYCLE_ALERT_WEBHOOK_URL`` set: the notification block ``lifecycle-alerts`` (a
   custom webhook that posts ``{"subject", "text", "source"}`` JSON, which Slack incoming
   webhooks accept as is) and the automation ``lifecycle-run-failed``: any flow run tagged
-  ``lifecycle`` that ends Failed or Crashed sends a notification through it;
+  ``lifecycle`` that ends Failed or Crashed sends a notification through it; and one automation
+  per event that needs a person (``EVENT_ALERTS``: the TTL purge falling behind, consent
+  deletions escalated or given up by a vendor), each routed to the same block;
 - for each enabled deletion processor, a tag concurrency limit ``processor:<name>`` of 1: one
   task at a time calls that vendor, across every run and worker, so its ``rate_per_second`` is
   the vendor-wide rate.
@@ -22,7 +24,10 @@ It creates:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
+from uuid import UUID
 
 from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
@@ -40,6 +45,44 @@ RUN_FAILED = "lifecycle-run-failed"
 PROCESSOR_TASKS = 1
 
 logger = logging.getLogger("lifecycle.bootstrap")
+
+
+@dataclass(frozen=True)
+class EventAlert:
+    """An automation that notifies the alert block each time ``event`` happens."""
+
+    name: str
+    event: str
+    description: str
+    body: str  # Jinja, with ``event`` in scope; names and pseudonyms only, no personal data
+
+
+EVENT_ALERTS = (
+    EventAlert(
+        "lifecycle-ttl-backlog",
+        "lifecycle.ttl.backlog",
+        "The TTL purge is not keeping up with a target.",
+        "{{ event.resource['prefect.resource.name'] }}: {{ event.payload.expired }} expired "
+        "rows left, the oldest {{ event.payload.oldest_age_seconds }} s past its expiry "
+        "(alert above {{ event.payload.alert_rows }} rows or "
+        "{{ event.payload.alert_age_seconds }} s).",
+    ),
+    EventAlert(
+        "lifecycle-consent-escalated",
+        "lifecycle.consent.deletion.escalated",
+        "A third-party deletion is still pending past escalate_after.",
+        "{{ event.resource['prefect.resource.name'] }}: operation "
+        "{{ event.payload.operation_id }} is still pending (the technical contacts were "
+        "mailed the details).",
+    ),
+    EventAlert(
+        "lifecycle-consent-failed",
+        "lifecycle.consent.deletion.failed",
+        "A vendor reported third-party deletions as failed.",
+        "{{ event.payload.count }} third-party deletions failed in batch "
+        "{{ event.resource['prefect.resource.name'] }}; they are not retried on their own.",
+    ),
+)
 
 
 def bootstrap() -> None:
@@ -77,26 +120,24 @@ def ensure_alerts(client: SyncPrefectClient, settings: Settings) -> None:
             "(set it and run the bootstrap again)"
         )
         return
-    block_id = CustomWebhookNotificationBlock(
+    saved = CustomWebhookNotificationBlock(
         name="lifecycle",
         url=settings.alert_webhook_url.get_secret_value(),
         json_data={"subject": "{{subject}}", "text": "{{body}}", "source": "{{name}}"},
     ).save(ALERT_BLOCK, overwrite=True)
+    block_id = cast(UUID, saved)  # save() is sync here; its type also covers async callers
     ensure_automation(
         client,
         AutomationCore(
             name=RUN_FAILED,
             description="A lifecycle flow run ended Failed or Crashed.",
-            trigger=EventTrigger(
-                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+            trigger=reactive(
+                {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
                 match={"prefect.resource.id": "prefect.flow-run.*"},
                 match_related={  # the run's, its flow's or its deployment's tags
                     "prefect.resource.role": "tag",
                     "prefect.resource.id": "prefect.tag.lifecycle",
                 },
-                posture=Posture.Reactive,
-                threshold=1,
-                within=timedelta(0),
             ),
             actions=[
                 SendNotification(
@@ -110,6 +151,36 @@ def ensure_alerts(client: SyncPrefectClient, settings: Settings) -> None:
                 )
             ],
         ),
+    )
+    for alert in EVENT_ALERTS:
+        ensure_automation(
+            client,
+            AutomationCore(
+                name=alert.name,
+                description=alert.description,
+                trigger=reactive({alert.event}, match={"prefect.resource.id": "lifecycle.*"}),
+                actions=[
+                    SendNotification(
+                        block_document_id=block_id,
+                        subject=f"[lifecycle] {alert.description}",
+                        body=f"{alert.body}\nSee deployments/RUNBOOK.md ({alert.name}).",
+                    )
+                ],
+            ),
+        )
+
+
+def reactive(
+    events: set[str], *, match: dict[str, str], match_related: dict[str, str] | None = None
+) -> EventTrigger:
+    """Fires on each matching event, at once."""
+    return EventTrigger(
+        expect=events,
+        match=match,
+        match_related=match_related or {},
+        posture=Posture.Reactive,
+        threshold=1,
+        within=timedelta(0),
     )
 
 

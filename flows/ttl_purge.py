@@ -4,24 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, cast
 
 from prefect import flow
+from prefect.futures import PrefectFuture
 from pydantic import Field, StrictBool, StrictInt
 
 from lifecycle.common.batch import BatchReport, resolve_as_of
-from lifecycle.common.paging import Cursor, each_page
+from lifecycle.common.paging import WHOLE_TABLE, Cursor, KeyRange, each_page
 from lifecycle.common.params import Instant, titled
 from lifecycle.processes.abandoned_carts.steps import CartParams
 from lifecycle.processes.ttl_purge.steps import (
     DynamoResult,
     PlannedTarget,
     PurgeParams,
+    PurgePlan,
     PurgeReport,
     PurgeSummary,
     TargetResult,
+    split,
 )
-from tasks._prefect import conclude, kill_switch, publish_summary
+from tasks._prefect import conclude, kill_switch, publish_summary, walk_shards
 from tasks.abandoned_carts import expire_carts_batch
 from tasks.ttl_purge import (
     check_dynamodb_ttl,
@@ -46,6 +49,7 @@ def ttl_purge(
     ),
     vacuum: StrictBool = titled(True, "VACUUM after a large purge"),
     check_dynamodb: StrictBool = titled(True, "Check DynamoDB TTL"),
+    shards: Annotated[StrictInt, Field(ge=1, le=16)] = titled(1, "Shards walked side by side"),
 ) -> PurgeSummary:
     """Purge expired rows from every configured target; see README for the rules.
 
@@ -61,6 +65,9 @@ def ttl_purge(
             reused (about 1 s per million rows deleted; the application is not blocked).
         check_dynamodb: Enable and verify native TTL on the configured DynamoDB tables, and
             count the expired items still present (a full scan of each table).
+        shards: Cut a block walk into this many block ranges walked side by side (1 to 16),
+            one task at a time each; how many run at once is the task runner's business
+            (threads by default, processes with ``flows/scale_out.py``'s Dask runner).
     """
     started = datetime.now(UTC)
     total = PurgeReport()
@@ -80,7 +87,7 @@ def ttl_purge(
         )
         as_used = params.as_of
         for planned in plan_purge(params):
-            results.append(_purge(params, planned, total))
+            results.append(_purge(params, planned, total, shards))
         if check_dynamodb:
             dynamodb = check_dynamodb_ttl(params)
         _remaining(params, results)
@@ -102,7 +109,9 @@ def ttl_purge(
     return summary
 
 
-def _purge(params: PurgeParams, planned: PlannedTarget, total: BatchReport) -> TargetResult:
+def _purge(
+    params: PurgeParams, planned: PlannedTarget, total: BatchReport, shards: int
+) -> TargetResult:
     """Walk one target to its end or the deadline, then VACUUM it if much went."""
     plan, backlog = planned.plan, planned.backlog
     result = TargetResult(
@@ -130,7 +139,7 @@ def _purge(params: PurgeParams, planned: PlannedTarget, total: BatchReport) -> T
             + report.counts["purged_unreported"]
         )
     else:
-        result.finished = _walk(lambda after: purge_ttl_slice(params, plan, after), report, params)
+        result.finished = _walk_shards(params, split(plan, shards), report)
         removed = report.counts["purged"] + report.counts["orphans_purged"]
     total.merge(report)
     result.purged = removed - report.counts["orphans_purged"]
@@ -155,6 +164,27 @@ def _walk(
         into.merge(report)
         last = report
     return last is not None and last.last is None
+
+
+def _walk_shards(params: PurgeParams, plans: list[PurgePlan], into: PurgeReport) -> bool:
+    """Walk each shard's slices, the shards side by side, until every walk ends (True) or the
+    deadline passes (False)."""
+    by_range = {
+        KeyRange(p.extent.first, p.extent.end) if p.extent else WHOLE_TABLE: p for p in plans
+    }
+    stopped: set[KeyRange] = set()
+
+    def submit(
+        shard: KeyRange, after: Cursor | None, _: BatchReport
+    ) -> PrefectFuture[BatchReport] | None:
+        if after is not None and datetime.now(UTC) >= params.deadline:
+            stopped.add(shard)
+            return None
+        future = purge_ttl_slice.submit(params, by_range[shard], after)
+        return cast("PrefectFuture[BatchReport]", future)  # futures are invariant
+
+    walk_shards(submit, list(by_range), into)
+    return not stopped
 
 
 def _remaining(params: PurgeParams, results: list[TargetResult]) -> None:

@@ -29,10 +29,11 @@ from prefect.cli.deploy._models import (
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
+from prefect.events import emit_event
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.flows import Flow, load_flow_from_entrypoint
 
-from deployments.bootstrap import RUN_FAILED, WORK_POOL, bootstrap
+from deployments.bootstrap import EVENT_ALERTS, RUN_FAILED, WORK_POOL, bootstrap
 from tests.support.http_server import Reply, ScriptedHttpServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,15 @@ DOCUMENTED_PARAMETERS = {
         "batch_size",
         "max_deletions",
     },
-    "ttl-purge": {"as_of", "dry_run", "targets", "max_runtime", "vacuum", "check_dynamodb"},
+    "ttl-purge": {
+        "as_of",
+        "dry_run",
+        "targets",
+        "max_runtime",
+        "vacuum",
+        "check_dynamodb",
+        "shards",
+    },
     "abandoned-carts": {
         "as_of",
         "dry_run",
@@ -344,11 +353,18 @@ def failing_flow() -> None:
     raise RuntimeError("disk on fire")
 
 
-def test_bootstrap_alerts_on_failed_runs_through_a_webhook(
+@pytest.fixture
+def alert_hook(
     limit_name: str, monkeypatch: pytest.MonkeyPatch, http_server: ScriptedHttpServer
-) -> None:
+) -> ScriptedHttpServer:
+    """The alert webhook: a local HTTP server answering 200 at /hook."""
     http_server.reply("POST", "/hook", Reply(200, {}))
     monkeypatch.setenv("LIFECYCLE_ALERT_WEBHOOK_URL", f"{http_server.url}/hook")
+    return http_server
+
+
+def test_bootstrap_alerts_on_failed_runs_through_a_webhook(alert_hook: ScriptedHttpServer) -> None:
+    http_server = alert_hook
     bootstrap()
     bootstrap()  # idempotent: one automation of that name, updated in place
     with get_client(sync_client=True) as client:
@@ -366,6 +382,37 @@ def test_bootstrap_alerts_on_failed_runs_through_a_webhook(
     body = alert.json()
     assert body["subject"].startswith("[lifecycle] lifecycle-test-failing run ")
     assert "Failed" in body["subject"] and "disk on fire" in body["text"]
+
+
+def test_bootstrap_routes_events_that_need_a_person_to_the_webhook(
+    alert_hook: ScriptedHttpServer,
+) -> None:
+    http_server = alert_hook
+    bootstrap()
+    with get_client(sync_client=True) as client:
+        names = {a.name for a in client.read_automations()}
+    assert {alert.name for alert in EVENT_ALERTS} <= names
+
+    operation = f"op-{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + 30
+    while not http_server.received("POST", "/hook"):  # automations load a moment after saving
+        emit_event(
+            event="lifecycle.consent.deletion.escalated",
+            resource={
+                "prefect.resource.id": f"lifecycle.deletion-operation.{operation}",
+                "prefect.resource.name": "mixpanel deletion",
+            },
+            payload={"operation_id": operation, "subject": "pseudonym"},
+        )
+        assert time.monotonic() < deadline, "no alert reached the webhook"
+        time.sleep(2)
+    body = http_server.received("POST", "/hook")[0].json()
+    assert (
+        body["subject"]
+        == "[lifecycle] A third-party deletion is still pending past escalate_after."
+    )
+    assert f"mixpanel deletion: operation {operation} is still pending" in body["text"]
+    assert "lifecycle-consent-escalated" in body["text"]
 
 
 def test_workers_fetch_the_code_from_the_repository_their_environment_names() -> None:

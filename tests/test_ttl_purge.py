@@ -23,7 +23,7 @@ from lifecycle.processes.ttl_purge.rules import cutoff
 from lifecycle.processes.ttl_purge.steps import PurgeContext, PurgeReport, PurgeSummary
 from lifecycle.settings import PurgeTarget, Settings, TtlPurgeSettings
 from tests.support.commands import run_lifecycle
-from tests.support.prefect_runs import run_artifacts, run_events
+from tests.support.prefect_runs import flow_task_runs, run_artifacts, run_events
 from tests.support.ttl import EPOCH, configure_targets, insert_attributes, insert_index, names
 
 EXPIRED, FRESH = EPOCH - 3600, EPOCH + 86_400
@@ -120,6 +120,42 @@ def test_flow_purges_reports_and_is_idempotent(
     assert any((key or "").startswith("ttl-purge-run-") for key in keys)  # a summary of its own
 
     assert ttl_purge(check_dynamodb=False).counts == {}
+
+
+def test_shards_walk_block_ranges_side_by_side_and_remove_exactly_the_expired_rows(
+    engine: sa.Engine, lifecycle_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    insert_attributes(engine, [EXPIRED - n if n % 3 == 0 else FRESH for n in range(1200)])
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(
+            "ANALYZE attributes" if engine.dialect.name == "postgresql" else "ANALYZE"
+        )
+    configure_targets(
+        monkeypatch,
+        [
+            {
+                "name": "attributes",
+                "table": "attributes",
+                "expiry_column": "ttl_timestamp",
+                "expiry_kind": "epoch",
+                "strategy": "blocks",
+                "batch_size": 100,
+            }
+        ],
+    )
+
+    state = ttl_purge(check_dynamodb=False, shards=3, return_state=True)
+
+    summary = state.result()
+    assert summary.counts == {"purged": 400}
+    assert summary.targets[0].finished and summary.targets[0].expired_after == 0
+    assert names(engine) == {f"n{n}" for n in range(1200) if n % 3}
+    slices = [
+        run
+        for run in flow_task_runs(state.state_details.flow_run_id)
+        if run.name.startswith("purge-ttl-slice")
+    ]
+    assert len(slices) == 3  # one walk per shard, each done within one slice
 
 
 def test_dry_run_measures_and_changes_nothing(

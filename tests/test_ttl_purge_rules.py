@@ -10,6 +10,7 @@ import pytest
 from lifecycle.clients.marketing import AbandonedCart
 from lifecycle.errors import ConfigError
 from lifecycle.processes.abandoned_carts import rules as cart_rules
+from lifecycle.processes.ttl_purge.queries import Extent
 from lifecycle.processes.ttl_purge.rules import (
     Backlog,
     Strategy,
@@ -18,7 +19,7 @@ from lifecycle.processes.ttl_purge.rules import (
     cutoff,
     expiry_instant,
 )
-from lifecycle.processes.ttl_purge.steps import TargetResult, select_targets
+from lifecycle.processes.ttl_purge.steps import PurgePlan, TargetResult, select_targets, split
 from lifecycle.settings import DynamoCartTable, TtlPurgeSettings
 
 AS_OF = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -209,3 +210,30 @@ def test_alert_when_the_purge_is_not_keeping_up(
         oldest_age_seconds=10**6,  # rows a writer moved behind the walk: next run's work
     )
     assert result.over(rows=10, age_seconds=3600) is alert
+
+
+@pytest.mark.parametrize(
+    ("first", "end", "step", "shards"), [(0, 100, 7, 3), (5, 9, 2, 4), (0, 3, 5, 2)]
+)
+def test_split_cuts_a_block_walk_into_whole_batches_covering_it_once(
+    first: int, end: int, step: int, shards: int
+) -> None:
+    plan = PurgePlan("t", Strategy.BLOCKS, 100, Extent(first, end, 10.0), batch_blocks=step)
+
+    parts = split(plan, shards)
+
+    assert 1 <= len(parts) <= shards
+    covered = [
+        block
+        for part in parts
+        if part.extent
+        for block in range(part.extent.first, part.extent.end)
+    ]
+    assert covered == list(range(first, end))  # every block once, in order
+    assert all(part.extent and (part.extent.first - first) % step == 0 for part in parts)
+    assert {(part.strategy, part.batch_blocks) for part in parts} == {(Strategy.BLOCKS, step)}
+
+
+def test_an_index_walk_is_not_split() -> None:
+    plan = PurgePlan("t", Strategy.INDEX, 100)
+    assert split(plan, 4) == [plan]

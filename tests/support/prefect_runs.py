@@ -9,10 +9,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
     LogFilter,
     LogFilterFlowRunId,
 )
-from prefect.client.schemas.objects import Artifact
+from prefect.client.schemas.objects import Artifact, TaskRun
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.events.schemas.events import ReceivedEvent
 from prefect.events.worker import EventsWorker
@@ -35,6 +37,15 @@ def run_events(
                 return events
             time.sleep(0.2)
     return events
+
+
+def flow_task_runs(flow_run_id: UUID | None) -> list[TaskRun]:
+    """The run's task runs (up to 200)."""
+    assert flow_run_id is not None
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200
+        )
 
 
 def run_artifacts(flow_run_id: UUID | None) -> list[Artifact]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -89,9 +89,11 @@ class PurgeReport(BatchReport):
     def merge(self, other: BatchReport) -> None:
         super().merge(other)
         if isinstance(other, PurgeReport) and other.first_batch_at is not None:
-            if self.first_batch_at is None:
-                self.first_batch_at = other.first_batch_at
-            self.last_batch_at = other.last_batch_at
+            assert other.last_batch_at is not None
+            self.first_batch_at = min(
+                self.first_batch_at or other.first_batch_at, other.first_batch_at
+            )
+            self.last_batch_at = max(self.last_batch_at or other.last_batch_at, other.last_batch_at)
             self.longest_batch = max(self.longest_batch, other.longest_batch)
 
     @property
@@ -134,6 +136,22 @@ def plan(
     extent = queries.extent(conn, target)
     step = blocks_per_batch(size, extent.rows_per_block)
     return PurgePlan(target.name, strategy, size, extent=extent, batch_blocks=step)
+
+
+def split(plan: PurgePlan, shards: int) -> list[PurgePlan]:
+    """A block walk cut into ``shards`` contiguous block ranges (whole batches each), walked
+    side by side; any other plan stays one walk (an index walk is one per target)."""
+    if plan.extent is None or shards == 1:
+        return [plan]
+    first, end = plan.extent.first, plan.extent.end
+    batches = -(-(end - first) // plan.batch_blocks)  # ceiling
+    edges = sorted({first + batches * part // shards * plan.batch_blocks for part in range(shards)})
+    bounds = [*edges, end]
+    return [
+        replace(plan, extent=replace(plan.extent, first=low, end=min(high, end)))
+        for low, high in zip(bounds, bounds[1:], strict=False)
+        if low < min(high, end)
+    ] or [plan]
 
 
 @dataclass(frozen=True)
