@@ -140,6 +140,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def e2e_stack(
     postgres_admin_url: str, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[E2EStack]:
+    """The stack described above, started once for the session and stopped at its end."""
     work = tmp_path_factory.mktemp("e2e")
     bucket = f"e2e-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=moto_endpoint, region_name=REGION).create_bucket(Bucket=bucket)
