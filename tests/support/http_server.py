@@ -14,6 +14,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -151,8 +152,9 @@ def silent_server() -> Iterator[tuple[str, int]]:
         yield "127.0.0.1", int(listener.getsockname()[1])
 
 
-@pytest.fixture
-def http_server() -> Iterator[ScriptedHttpServer]:
+@contextmanager
+def scripted_server() -> Iterator[ScriptedHttpServer]:
+    """A scripted server serving in a thread until the block ends."""
     server = ScriptedHttpServer()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -160,3 +162,9 @@ def http_server() -> Iterator[ScriptedHttpServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def http_server() -> Iterator[ScriptedHttpServer]:
+    with scripted_server() as server:
+        yield server

@@ -60,6 +60,13 @@ def prefect_server(home: Path, log: Path) -> Iterator[PrefectServer]:
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),  # the UI reads these, not --port
         PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2",
+        # The UI 3.8.8 serves by default (the React "v2" UI under /v2, where / redirects),
+        # pinned so that an upgrade changing the default cannot switch the UI the browser
+        # test drives without a failing test.
+        PREFECT_SERVER_UI_V2_ENABLED="true",
+        # No scheduled runs: every run is one a test started, and none is cancelled or
+        # delayed by a scheduled run of the same deployment (their concurrency limits).
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
     )
     with log.open("wb") as out:
         process = subprocess.Popen(
