@@ -47,6 +47,14 @@ def emit_user_created(user_id: str, settings: Settings | None = None) -> None:
     )
 
 
+def emit_catch_up() -> None:
+    """One ``lifecycle.user.created`` event for users whose notification may have been lost
+    (the listener reconnected): its run mails every user still due, whoever they are."""
+    emit_event(
+        event=USER_CREATED_EVENT, resource={"prefect.resource.id": "lifecycle.user.catch-up"}
+    )
+
+
 def _context(settings: Settings, params: ActivationParams) -> ActivationContext:
     group = settings.activation_mail
     return ActivationContext(
