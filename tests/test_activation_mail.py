@@ -125,7 +125,7 @@ def test_new_users_are_mailed_once_and_others_skipped(
     }
     # The HTML part shows the name as text; no markup of it survives.
     html = [
-        part.get_payload(decode=True).decode()
+        bytes(part.get_payload(decode=True)).decode()  # type: ignore[arg-type]
         for message in outbox(lifecycle_env)
         for part in message.walk()
         if part.get_content_type() == "text/html"
