@@ -341,3 +341,31 @@ def test_parameters_are_strict(lifecycle_env: Settings) -> None:
     for bad in ({"batch_size": 0}, {"batch_size": "10"}, {"min_age_seconds": -1}):
         state = activation_mail(**bad, return_state=True)  # type: ignore[arg-type]
         assert state.is_failed(), bad
+
+
+def test_migration_0005_goes_down_and_up_with_users_in_place(
+    database_url: str, engine: sa.Engine
+) -> None:
+    from alembic import command
+
+    from lifecycle.db.migrate import alembic_config, upgrade
+
+    user_id = insert_signup(engine, created_at=_now(), activation_status="SENDING")
+    with engine.connect() as conn:
+        config = alembic_config(database_url)
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0004")
+    with engine.connect() as conn:
+        status = conn.execute(
+            sa.text("SELECT activation_status FROM users WHERE id = :id"), {"id": user_id}
+        ).scalar_one()
+    assert status == "NONE"  # no SENDING before 0005
+    upgrade(database_url)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            triggers = conn.execute(
+                sa.text("SELECT tgname FROM pg_trigger WHERE tgrelid = 'users'::regclass")
+            ).scalars()
+            assert "lifecycle_user_created" in set(triggers)
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(sa.update(users).where(users.c.id == user_id).values(activation_status="LOST"))
