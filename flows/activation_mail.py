@@ -38,7 +38,7 @@ def activation_mail(
     min_age_seconds: Annotated[StrictInt, Field(ge=0, le=86_400)] = titled(
         0, "Only users created at least this many seconds ago"
     ),
-    batch_size: Annotated[StrictInt, Field(ge=1, le=10_000)] = titled(200, "Users per batch"),
+    batch_size: Annotated[StrictInt, Field(ge=1, le=10_000)] = titled(500, "Users per batch"),
 ) -> ActivationSummary:
     """Send the activation mail to every user still due it; see README.
 
@@ -48,6 +48,8 @@ def activation_mail(
             The event-triggered run uses 0; the sweep uses a few minutes, for users whose
             event was lost.
         batch_size: Users read, claimed and mailed per batch of three tasks (1 to 10000).
+            The run goes on, page after page, until a page finds nobody: users who sign up
+            while it runs are mailed by it too.
     """
     params = ActivationParams(
         as_of=datetime.now(UTC),

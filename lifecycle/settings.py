@@ -562,9 +562,6 @@ class ActivationMailSettings(Group):
         description="A user claimed for sending (SENDING) by a run that crashed is taken over "
         "by another run this long after the claim.",
     )
-    batch_size: Count = Field(
-        200, ge=1, le=10_000, description="Users read, claimed and mailed per Prefect task."
-    )
     priority: bool = Field(
         True,
         description="Activation mail goes first on the shared mail rate: other senders step "

@@ -64,7 +64,7 @@ def _context(settings: Settings, params: ActivationParams) -> ActivationContext:
         dry_run=params.dry_run,
         lease=timedelta(seconds=group.lease_seconds),
         created_after=params.as_of - group.max_age,
-        created_before=params.as_of - timedelta(seconds=params.min_age_seconds),
+        min_age=timedelta(seconds=params.min_age_seconds),
         pseudonym_key=_key(settings),
     )
 

@@ -41,7 +41,6 @@ def _context(engine: sa.Engine, **overrides: Any) -> ActivationContext:
         "dry_run": False,
         "lease": timedelta(minutes=5),
         "created_after": now - timedelta(days=7),
-        "created_before": now + timedelta(minutes=1),
         "sleep": lambda seconds: None,
     }
     values.update(overrides)
@@ -299,7 +298,7 @@ def test_crash_left_in_sending_is_taken_over_after_the_lease(engine: sa.Engine) 
     assert {_status(engine, u) for u in ids} == {"SENDING"}
 
     later = _now() + timedelta(minutes=6)
-    ctx = _context(engine, clock=lambda: later, created_before=later)
+    ctx = _context(engine, clock=lambda: later)
     taken = steps.read_status(ctx, after=None, limit=10)
     assert taken.claim is not None and taken.counts == {"claimed": 3, "taken_over": 3}
     report = steps.send_mails(

@@ -26,7 +26,7 @@ from lifecycle.clients.mail.errors import Undeliverable
 from lifecycle.clients.mail.message import OutgoingMail
 from lifecycle.common.batch import BatchReport, Breaker, RunSummary
 from lifecycle.common.claims import Claim
-from lifecycle.common.paging import Cursor, next_cursor
+from lifecycle.common.paging import Cursor
 from lifecycle.db.engine import relaxed_connection
 from lifecycle.errors import PermanentError, TransientError
 from lifecycle.privacy import pseudonym
@@ -70,7 +70,7 @@ class ActivationContext:
     dry_run: bool
     lease: timedelta
     created_after: datetime
-    created_before: datetime
+    min_age: timedelta = timedelta(0)
     pseudonym_key: bytes | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     sleep: Callable[[float], None] = time.sleep
@@ -80,14 +80,18 @@ class ActivationContext:
 
     @property
     def window(self) -> dict[str, datetime]:
-        return {"created_after": self.created_after, "created_before": self.created_before}
+        """Who is due: created after ``created_after`` and at least ``min_age`` ago (now, not
+        when the run started: a run goes on with users who sign up while it works)."""
+        return {"created_after": self.created_after, "created_before": self.clock() - self.min_age}
 
 
 def read_status(ctx: ActivationContext, *, after: Cursor | None, limit: int) -> ClaimedBatch:
     """Read one page of users due, check each one's status, claim those to send."""
     with ctx.engine.connect() as conn:
         page = queries.due_page(conn, now=ctx.clock(), after=after, limit=limit, **ctx.window)
-    report = ClaimedBatch(last=next_cursor(page, limit))
+    # A short page does not end the walk: users who signed up meanwhile come after it. The
+    # walk ends when a page finds nobody.
+    report = ClaimedBatch(last=page[-1] if page else None)
     if ctx.dry_run:
         report.counts["would_send"] += len(page)
         return report
