@@ -377,6 +377,17 @@ def measure(args: argparse.Namespace, workdir: Path, postgres: Postgres) -> Verd
         lifecycle = str(Path(python).with_name("lifecycle"))
         children.append(Child([lifecycle, "listen"], env, (logs / "listen.log").open("wb")))
         wait_listening(ADMIN_URL, app_db)
+        # A deployed system has run before the burst: one sign-up first, so that the
+        # server's automation cache, the limits and the listener are warm (not timed).
+        warm_up = time.time()
+        insert_users(app_url, 1, 0.0)
+        deadline = time.monotonic() + 120
+        while count_outbox(outbox) < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        print(f"warm-up sign-up mailed {time.time() - warm_up:.1f} s after its insert")
+        for path in outbox.glob("*.eml"):
+            path.unlink()
+        time.sleep(12.0)  # past the trigger's 10 s window and the warm-up run
         print(f"server, deployment and listener ready; inserting {args.users} users")
 
         # ---- part 1: the burst

@@ -38,7 +38,7 @@ def activation_mail(
     min_age_seconds: Annotated[StrictInt, Field(ge=0, le=86_400)] = titled(
         0, "Only users created at least this many seconds ago"
     ),
-    batch_size: Annotated[StrictInt, Field(ge=1, le=10_000)] = titled(500, "Users per batch"),
+    batch_size: Annotated[StrictInt, Field(ge=1, le=10_000)] = titled(1000, "Users per batch"),
 ) -> ActivationSummary:
     """Send the activation mail to every user still due it; see README.
 

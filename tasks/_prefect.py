@@ -294,6 +294,11 @@ class PrefectLeaseMutex:
 
 #: Priority senders (activation mail) at once, at most: the lane never makes one of them wait.
 PRIORITY_LANE_SIZE = 1000
+#: How long a sender holds the mail limit before handing it over (then takes it again if it
+#: still has mail). Others yield to a priority sender anyway, so it holds longer: every
+#: hand-over costs a few API calls of sending time. Both stay well under the mutex's lease.
+HOLD_SECONDS = 5.0
+PRIORITY_HOLD_SECONDS = 60.0
 
 
 def priority_lane_name(settings: Settings) -> str:
@@ -346,6 +351,7 @@ def paced_mail(
             mailer=mailer,
             mutex=mutex,
             rate_per_second=settings.mail_rate_per_second,
+            hold_seconds=PRIORITY_HOLD_SECONDS if priority else HOLD_SECONDS,
             lane=lane,
             yield_to=None if priority else lane_occupied(client, lane_name),
         ) as sender:

@@ -120,21 +120,22 @@ def held(conn: sa.Connection, claim_id: str) -> list[Recipient]:
     return [Recipient(*row) for row in rows]
 
 
-def give_token(conn: sa.Connection, user_id: str, *, claim_id: str, token: str) -> str:
-    """Store ``token`` for a user we hold who has none; returns the token the user has."""
-    conn.execute(
+def give_tokens(conn: sa.Connection, tokens: dict[str, str], *, claim_id: str) -> None:
+    """Store a fresh token for each user we hold who has none (one statement, many rows)."""
+    if not tokens:
+        return
+    statement = (
         sa.update(users)
         .where(
-            columns.id == user_id,
+            columns.id == sa.bindparam("user_id"),
             ACTIVATION.held_by(claim_id),
             columns.activation_token.is_(None),
         )
-        .values(activation_token=token)
+        .values(activation_token=sa.bindparam("token"))
     )
-    stored = conn.execute(
-        sa.select(columns.activation_token).where(columns.id == user_id)
-    ).scalar_one()
-    return str(stored)
+    conn.execute(
+        statement, [{"user_id": user_id, "token": token} for user_id, token in tokens.items()]
+    )
 
 
 def finish_statement(claim_id: str, status: Status) -> sa.Update:

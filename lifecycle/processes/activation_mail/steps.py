@@ -133,8 +133,12 @@ def send_mails(
     report = BatchReport()
     send_until = claim.at + claim.lease - lease_margin(claim.lease)
     with relaxed_connection(ctx.engine) as conn:
-        recipients = queries.held(conn, claim.id)
-        conn.rollback()
+        with conn.begin():  # users without a token get one first, all in one statement
+            recipients = queries.held(conn, claim.id)
+            fresh = {r.id: new_token() for r in recipients if r.token is None}
+            if fresh:
+                queries.give_tokens(conn, fresh, claim_id=claim.id)
+                recipients = queries.held(conn, claim.id)
         sender = _Sender(ctx, conn, send, breaker, claim.id, report)
         for index, recipient in enumerate(recipients):
             if ctx.clock() >= send_until:
@@ -171,7 +175,7 @@ class _Sender:
                 to=recipient.email,
                 name=recipient.name,
                 username=recipient.username,
-                token=recipient.token or self._give_token(recipient.id),
+                token=_token_of(recipient),
                 url_base=self.ctx.url_base,
                 product=self.ctx.product,
             )
@@ -208,14 +212,16 @@ class _Sender:
                 self.report.counts["send_retries"] += 1
                 self.ctx.sleep(SEND_BACKOFF_SECONDS[min(attempt, len(SEND_BACKOFF_SECONDS) - 1)])
 
-    def _give_token(self, user_id: str) -> str:
-        with self.conn.begin():
-            return queries.give_token(self.conn, user_id, claim_id=self.claim_id, token=new_token())
-
     def _finish_as(self, user_id: str, status: Status) -> bool:
         with self.conn.begin():
             result = self.conn.execute(self._finish[status], {"keys": [user_id]})
         return bool(result.rowcount)
+
+
+def _token_of(recipient: Recipient) -> str:
+    if not recipient.token:  # given one above, under our claim
+        raise PermanentError("a held user has no activation token")
+    return recipient.token
 
 
 def mark_sent(ctx: ActivationContext, *, claim_id: str) -> BatchReport:
