@@ -157,10 +157,10 @@ def listen() -> None:
     from tasks.activation_mail import emit_catch_up, emit_user_created
 
     settings = get_settings()
-    engine = get_engine(settings.resolved_database_url)
-    assert_current(engine)
+    conninfo = listen_conninfo(settings.resolved_database_url)  # PostgreSQL only
+    assert_current(get_engine(settings.resolved_database_url))
     listener = UserCreatedListener(
-        conninfo=listen_conninfo(settings.resolved_database_url),
+        conninfo=conninfo,
         on_user=lambda user_id: emit_user_created(user_id, settings),
         on_reconnect=emit_catch_up,
         log=lambda message: console.print(f"{datetime.now(UTC):%H:%M:%S} {message}"),

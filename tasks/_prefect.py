@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import TaskRun
 from prefect.events import emit_event
-from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run, task_run
 from prefect.states import State
@@ -317,12 +317,13 @@ def ensure_priority_lane(client: SyncPrefectClient, name: str) -> None:
 
 
 def lane_occupied(client: SyncPrefectClient, name: str) -> Callable[[], bool]:
-    """Whether a priority sender holds the lane now (a busy server counts as "no")."""
+    """Whether a priority sender holds the lane now (a busy server, or a lane somebody
+    deleted, counts as "no": warnings are never stopped by the lane's own trouble)."""
 
     def occupied() -> bool:
         try:
             return client.read_global_concurrency_limit_by_name(name).active_slots > 0
-        except (ServerBusy, PrefectHTTPStatusError):
+        except (ServerBusy, PrefectHTTPStatusError, ObjectNotFound):
             return False
 
     return occupied
