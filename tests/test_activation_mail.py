@@ -368,3 +368,22 @@ def test_migration_0005_goes_down_and_up_with_users_in_place(
             assert "lifecycle_user_created" in set(triggers)
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(sa.update(users).where(users.c.id == user_id).values(activation_status="LOST"))
+
+
+def test_the_configured_url_base_keeps_its_query_string(
+    lifecycle_env: Settings, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "LIFECYCLE_ACTIVATION_MAIL__URL_BASE", "https://app.example.com/activate?lang=de&src=mail"
+    )
+    insert_signup(engine, created_at=_now(), username="jane doe&co", activation_token="t/k+n")
+    assert activation_mail().counts == {"claimed": 1, "sent": 1}
+    [link] = _links(lifecycle_env)
+    parts = urlsplit(link)
+    assert (parts.netloc, parts.path) == ("app.example.com", "/activate")
+    assert parse_qs(parts.query) == {
+        "lang": ["de"],
+        "src": ["mail"],
+        "username": ["jane doe&co"],
+        "token": ["t/k+n"],
+    }
