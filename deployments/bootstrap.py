@@ -36,7 +36,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.workers.process import ProcessWorker
 
 from lifecycle.settings import Settings, get_settings
-from tasks._prefect import ensure_mail_limit
+from tasks._prefect import ensure_mail_limit, ensure_priority_lane, priority_lane_name
 
 WORK_POOL = "lifecycle"
 ALERT_BLOCK = "lifecycle-alerts"
@@ -90,6 +90,7 @@ def bootstrap() -> None:
     with get_client(sync_client=True) as client:
         ensure_work_pool(client)
         ensure_mail_limit(client, settings.mail_limit_name)
+        ensure_priority_lane(client, priority_lane_name(settings))
         logger.info("global concurrency limit %s is ready", settings.mail_limit_name)
         ensure_processor_limits(client, settings)
         ensure_alerts(client, settings)

@@ -1,7 +1,7 @@
 """Command line: ``lifecycle demo`` (the README's first command), ``migrate``, ``seed``,
-``ttl-status``, ``consent-requeue`` (failed third-party deletions, after a look at the vendor)
-and ``simulator`` (the local processor simulator, for trying consent deletion without a
-vendor)."""
+``listen`` (new users on PostgreSQL -> the activation-mail event), ``ttl-status``,
+``consent-requeue`` (failed third-party deletions, after a look at the vendor) and
+``simulator`` (the local processor simulator, for trying consent deletion without a vendor)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from rich.table import Table
 
 from lifecycle.clients.build import Clients
 from lifecycle.clients.dynamodb import DynamoTtl
+from lifecycle.clients.notify import UserCreatedListener, listen_conninfo
 from lifecycle.clients.simulator import ProcessorSimulator
 from lifecycle.common.batch import RunSummary
 from lifecycle.db.engine import get_engine
@@ -85,8 +86,10 @@ DEMO_CONTACTS = ["privacy-team@example.com"]
 
 @app.command()
 def demo() -> None:
-    """Migrate, seed sample users on first run, then run inactive-accounts and the consent
-    deletion (start, then poll) once; with no processor configured, against the simulator."""
+    """Migrate, seed sample users on first run, then run activation-mail, inactive-accounts
+    and the consent deletion (start, then poll) once; with no processor configured, against
+    the simulator."""
+    from flows.activation_mail import activation_mail
     from flows.consent_deletion import consent_deletion_poll, consent_deletion_start
     from flows.inactive_accounts import inactive_accounts  # keeps --help fast
 
@@ -97,6 +100,7 @@ def demo() -> None:
         if not settings.consent_deletion.processors:
             _use_simulator(simulator)
         runs: list[tuple[str, Any, tuple[str, ...]]] = [  # (name, flow, outcomes shown)
+            ("activation-mail", activation_mail, _ACTIVATION_OUTCOMES),
             ("inactive-accounts", inactive_accounts, ("warned", "deleted", "skipped", "failed")),
             ("consent-deletion-start", consent_deletion_start, ("requested", "started")),
             ("consent-deletion-poll", consent_deletion_poll, _CONSENT_OUTCOMES),
@@ -110,10 +114,13 @@ def demo() -> None:
             _print_summary(name, result, outcomes)
     console.print(f"database: {settings.resolved_database_url}")
     console.print(f"storage:  {settings.resolved_storage_url}")
-    console.print(f"outbox:   {settings.resolved_outbox_dir} (warning mails as .eml)")
+    console.print(
+        f"outbox:   {settings.resolved_outbox_dir} (activation and warning mails as .eml)"
+    )
     _demo_ttl_and_carts(settings)
 
 
+_ACTIVATION_OUTCOMES = ("sent", "skipped_already_sent", "skipped_being_sent", "failed")
 _CONSENT_OUTCOMES = ("started", "still_pending", "completed", "failed", "escalated", "anomalies")
 
 
@@ -141,6 +148,30 @@ def _print_summary(name: str, summary: RunSummary, outcomes: tuple[str, ...]) ->
     if isinstance(summary, SweepSummary):
         table.add_row("objects deleted", str(summary.objects_deleted))
     console.print(table)
+
+
+@app.command()
+def listen() -> None:
+    """Turn every user inserted into PostgreSQL into a lifecycle.user.created event (which
+    starts activation-mail), until interrupted; reconnects after the database restarts."""
+    from tasks.activation_mail import emit_catch_up, emit_user_created
+
+    settings = get_settings()
+    conninfo = listen_conninfo(settings.resolved_database_url)  # PostgreSQL only
+    assert_current(get_engine(settings.resolved_database_url))
+    listener = UserCreatedListener(
+        conninfo=conninfo,
+        on_user=lambda user_id: emit_user_created(user_id, settings),
+        on_reconnect=emit_catch_up,
+        log=lambda message: console.print(f"{datetime.now(UTC):%H:%M:%S} {message}"),
+        backoff_max_seconds=settings.activation_mail.listen_backoff_max_seconds,
+    )
+    stop = threading.Event()
+    try:
+        listener.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+        console.print("stopped")
 
 
 @app.command("consent-requeue")

@@ -86,6 +86,10 @@ def seed(engine: sa.Engine, storage: ObjectStorage, *, now: datetime, seed: int 
                 ),
             }
             rows.append(row)
+    for row in rows:  # everyone above signed up long ago and activated
+        row["username"] = row["email"].split("@")[0]
+        row["activation_status"] = "DONE"
+    rows.extend(_new_signups(rng, now))
     rows[0]["name"] = "Robert'); <b>Tables</b>"  # HTML in a name must arrive escaped
     with engine.begin() as conn:
         conn.execute(sa.insert(users), rows)
@@ -105,6 +109,36 @@ def seed(engine: sa.Engine, storage: ObjectStorage, *, now: datetime, seed: int 
         for name in ("avatar.png", "notes/1.md", "notes/2.md"):
             storage.put(f"users/{row['id']}/{name}", f"sample {name}".encode())
     return len(rows)
+
+
+#: Users who signed up minutes ago: activation-mail sends them their link.
+NEW_SIGNUPS = 3
+
+
+def _new_signups(rng: random.Random, now: datetime) -> list[dict[str, Any]]:
+    rows = []
+    for minutes_ago in range(NEW_SIGNUPS):
+        user_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        first, last = rng.choice(FIRST), rng.choice(LAST)
+        created = now - timedelta(minutes=minutes_ago + 1)
+        rows.append(
+            {
+                "id": user_id,
+                "email": f"{first}.{last}.{user_id[:6]}@example.com".lower(),
+                "name": f"{first} <{last}>",  # angle brackets: escaped in the HTML part
+                "username": f"{first}_{last}_{user_id[:4]}".lower(),
+                "created_at": created,
+                "last_visit_at": created,
+                "activation_status": "NONE",
+                "lifetime_deal": False,
+                "subscription_status": "none",
+                "free_trial_ends_at": None,
+                "deletion_warning_sent_at": None,
+                "analytics_consent": True,
+                "analytics_consent_revoked_at": None,
+            }
+        )
+    return rows
 
 
 # --- TTL purge and abandoned carts ----------------------------------------------------------

@@ -529,6 +529,53 @@ class ConsentDeletionSettings(Group):
         return [processor for processor in self.processors if processor.enabled]
 
 
+def _link_base(value: str) -> str:
+    """An http(s) URL the activation link is built on; it may carry a query string of its own
+    (the username and token are added to it), never a fragment or credentials."""
+    parts = urlsplit(_one_line(value, "a URL"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL such as https://app.example.com/activate")
+    if parts.fragment:
+        raise ValueError("must not have a fragment (#...): the link's parameters follow it")
+    if parts.username or parts.password:
+        raise ValueError("must not contain credentials")
+    return value
+
+
+class ActivationMailSettings(Group):
+    """``LIFECYCLE_ACTIVATION_MAIL__*``: the activation mail sent to every new user."""
+
+    url_base: Annotated[str, BeforeValidator(_link_base)] = Field(
+        "http://localhost:8000/activate",
+        description="Where the activation link points; username and token are added as query "
+        "parameters (an existing query string is kept).",
+    )
+    max_age: Annotated[Duration, Field(ge=timedelta(minutes=10), le=timedelta(days=365))] = Field(
+        timedelta(days=7),
+        description="Only users created at most this long ago get the mail (ISO 8601, e.g. "
+        "P7D): accounts older than this are never mailed an activation link.",
+    )
+    lease_seconds: Count = Field(
+        300,
+        ge=30,
+        le=86_400,
+        description="A user claimed for sending (SENDING) by a run that crashed is taken over "
+        "by another run this long after the claim.",
+    )
+    priority: bool = Field(
+        True,
+        description="Activation mail goes first on the shared mail rate: other senders step "
+        "aside while an activation sender waits.",
+    )
+    listen_backoff_max_seconds: Real = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="`lifecycle listen` reconnects after a lost connection, waiting 0.5 s, "
+        "then doubling up to this.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything the flows need to reach the database, object storage and mail."""
 
@@ -596,6 +643,7 @@ class Settings(BaseSettings):
     ttl_purge: TtlPurgeSettings = Field(default_factory=TtlPurgeSettings)
     abandoned_carts: AbandonedCartsSettings = Field(default_factory=AbandonedCartsSettings)
     consent_deletion: ConsentDeletionSettings = Field(default_factory=ConsentDeletionSettings)
+    activation_mail: ActivationMailSettings = Field(default_factory=ActivationMailSettings)
 
     @field_validator("database_url")
     @classmethod

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import TaskRun
 from prefect.events import emit_event
-from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run, task_run
 from prefect.states import State
@@ -292,17 +292,69 @@ class PrefectLeaseMutex:
             time.sleep(self.poll_seconds)
 
 
+#: Priority senders (activation mail) at once, at most: the lane never makes one of them wait.
+PRIORITY_LANE_SIZE = 1000
+#: How long a sender holds the mail limit before handing it over (then takes it again if it
+#: still has mail). Others yield to a priority sender anyway, so it holds longer: every
+#: hand-over costs a few API calls of sending time. Both stay well under the mutex's lease.
+HOLD_SECONDS = 5.0
+PRIORITY_HOLD_SECONDS = 60.0
+
+
+def priority_lane_name(settings: Settings) -> str:
+    """The global limit a priority sender holds a slot of while it wants the mail limit."""
+    return f"{settings.mail_limit_name}-priority"
+
+
+def ensure_priority_lane(client: SyncPrefectClient, name: str) -> None:
+    """Create (or reset) the priority lane: many slots, no decay; held slots mean "waiting"."""
+    try:
+        client.upsert_global_concurrency_limit_by_name(
+            name, limit=PRIORITY_LANE_SIZE, slot_decay_per_second=0.0
+        )
+    except ObjectAlreadyExists:
+        pass
+
+
+def lane_occupied(client: SyncPrefectClient, name: str) -> Callable[[], bool]:
+    """Whether a priority sender holds the lane now (a busy server, or a lane somebody
+    deleted, counts as "no": warnings are never stopped by the lane's own trouble)."""
+
+    def occupied() -> bool:
+        try:
+            return client.read_global_concurrency_limit_by_name(name).active_slots > 0
+        except (ServerBusy, PrefectHTTPStatusError, ObjectNotFound):
+            return False
+
+    return occupied
+
+
 @contextmanager
-def paced_mail(settings: Settings, mailer: Mailer) -> Iterator[Callable[[OutgoingMail], str]]:
-    """``mailer.send`` under the shared mail rate (unpaced at rate 0: local outbox only)."""
+def paced_mail(
+    settings: Settings, mailer: Mailer, *, priority: bool = False
+) -> Iterator[Callable[[OutgoingMail], str]]:
+    """``mailer.send`` under the shared mail rate (unpaced at rate 0: local outbox only).
+
+    ``priority`` senders (activation mail, when LIFECYCLE_ACTIVATION_MAIL__PRIORITY allows)
+    hold the priority lane while they want the limit; every other sender steps aside for them
+    (:class:`lifecycle.clients.mail.pacing.PacedSender`).
+    """
     if settings.mail_rate_per_second <= 0:
         yield mailer.send
         return
+    lane_name = priority_lane_name(settings)
     with mutex_client() as client:
         ensure_mail_limit(client, settings.mail_limit_name)
+        ensure_priority_lane(client, lane_name)
         mutex = PrefectLeaseMutex(client=client, limit_name=settings.mail_limit_name)
+        lane = PrefectLeaseMutex(client=client, limit_name=lane_name) if priority else None
         with PacedSender(
-            mailer=mailer, mutex=mutex, rate_per_second=settings.mail_rate_per_second
+            mailer=mailer,
+            mutex=mutex,
+            rate_per_second=settings.mail_rate_per_second,
+            hold_seconds=PRIORITY_HOLD_SECONDS if priority else HOLD_SECONDS,
+            lane=lane,
+            yield_to=None if priority else lane_occupied(client, lane_name),
         ) as sender:
             yield sender.send
 
@@ -316,7 +368,7 @@ def conclude(summary: RunSummary, what: str, advice: str) -> None:
 
 @contextmanager
 def mail_sender(
-    settings: Settings, *, dry_run: bool = False
+    settings: Settings, *, dry_run: bool = False, priority: bool = False
 ) -> Iterator[Callable[[OutgoingMail], str]]:
     """The configured mailer's send under the shared mail rate (unpaced in a dry run, which
     sends nothing through it), with its connections closed afterwards."""
@@ -324,7 +376,7 @@ def mail_sender(
         if dry_run:
             yield clients.mailer.send
             return
-        with paced_mail(settings, clients.mailer) as send:
+        with paced_mail(settings, clients.mailer, priority=priority) as send:
             yield send
 
 

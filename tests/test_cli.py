@@ -25,3 +25,9 @@ def test_a_misspelt_variable_is_named(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "did you mean LIFECYCLE_MAIL_BACKEND?" in result.stdout
     assert not (tmp_path / "lifecycle.db").exists()  # refused before touching anything
+
+
+def test_listen_needs_postgresql(tmp_path: Path) -> None:
+    result = run_lifecycle("listen", LIFECYCLE_DATA_DIR=str(tmp_path))
+    assert result.returncode == 2
+    assert "needs PostgreSQL" in result.stdout and "Traceback" not in result.stdout

@@ -83,6 +83,7 @@ DOCUMENTED_PARAMETERS = {
         "sweep_dynamodb",
     },
     "consent-deletion-start": {"as_of", "dry_run", "max_concurrency"},
+    "activation-mail": {"dry_run", "min_age_seconds", "batch_size"},
     "consent-deletion-poll": {"as_of", "dry_run", "max_concurrency", "escalate_after"},
 }
 

@@ -219,3 +219,105 @@ def test_mutex_fails_at_once_when_the_api_is_unreachable() -> None:
         mutex = PrefectLeaseMutex(client=client, limit_name="mail")
         with pytest.raises(httpx.ConnectError):
             mutex.acquire()
+
+
+# --- priority: activation mail first --------------------------------------------------------
+
+
+def test_a_sender_hands_the_mutex_over_as_soon_as_priority_waits() -> None:
+    clock = FakeClock()
+    mutex = CountingMutex()
+    waiting = {"now": False}
+    sender = PacedSender(
+        mailer=RecordingMailer(clock),
+        mutex=mutex,
+        rate_per_second=10,
+        hold_seconds=60,
+        yield_to=lambda: waiting["now"],
+        yield_check_seconds=0.25,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    for _ in range(5):
+        sender.send(MAIL)
+    assert (mutex.acquired, mutex.released) == (1, 0)  # holds: nobody with priority waits
+    waiting["now"] = True
+    sends = 0
+    while not mutex.released:
+        sender.send(MAIL)
+        sends += 1
+    # Priority is looked at every 0.25 s: at 10 mails/s, within three sends.
+    assert sends <= 3 and mutex.acquired == 1
+    polls: list[float] = []
+    clock_sleep = clock.sleep
+
+    def sleep_then_clear(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 3:
+            waiting["now"] = False  # the priority sender is done
+        clock_sleep(seconds)
+
+    sender._sleep = sleep_then_clear  # noqa: SLF001
+    sender.send(MAIL)
+    # It did not ask for the mutex while priority waited; then it did, once.
+    assert polls[:3] == [0.25, 0.25, 0.25]
+    assert (mutex.acquired, mutex.released) == (2, 1)
+
+
+def test_a_priority_sender_holds_the_lane_around_the_mutex() -> None:
+    clock = FakeClock()
+    events: list[str] = []
+
+    class Recording:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def acquire(self) -> None:
+            events.append(f"{self.name}+")
+
+        def release(self) -> None:
+            events.append(f"{self.name}-")
+
+    with PacedSender(
+        mailer=RecordingMailer(clock),
+        mutex=Recording("mutex"),
+        rate_per_second=10,
+        hold_seconds=0.5,
+        lane=Recording("lane"),
+        clock=clock,
+        sleep=clock.sleep,
+    ) as sender:
+        for _ in range(8):
+            sender.send(MAIL)
+    assert events[:4] == ["lane+", "mutex+", "mutex-", "lane-"]
+    assert events.count("lane+") == events.count("lane-") == events.count("mutex+") >= 2
+
+
+def test_sender_has_priority_or_yields_not_both() -> None:
+    with pytest.raises(ValueError, match="either"):
+        PacedSender(
+            mailer=RecordingMailer(),
+            mutex=CountingMutex(),
+            rate_per_second=10,
+            lane=CountingMutex(),
+            yield_to=lambda: False,
+        )
+
+
+def test_the_priority_lane_is_seen_through_prefect() -> None:
+    from tasks._prefect import ensure_priority_lane, lane_occupied
+
+    name = f"test-lane-{uuid.uuid4().hex[:8]}"
+    with mutex_client() as client:
+        ensure_priority_lane(client, name)
+        occupied = lane_occupied(client, name)
+        assert occupied() is False
+        first = PrefectLeaseMutex(client=client, limit_name=name)
+        second = PrefectLeaseMutex(client=client, limit_name=name)
+        first.acquire()
+        second.acquire()  # many priority senders may hold the lane at once
+        assert occupied() is True
+        first.release()
+        assert occupied() is True
+        second.release()
+        assert occupied() is False

@@ -36,7 +36,9 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 metadata = sa.MetaData()
 
 SUBSCRIPTION_STATUSES = ("none", "trialing", "active", "past_due", "canceled", "expired")
-ACTIVATION_STATUSES = ("NONE", "MAIL_SENT", "DONE")
+#: NONE: no mail yet; SENDING: claimed by a run that is mailing it; MAIL_SENT; UNDELIVERABLE:
+#: the backend refused the address for good; DONE: the user activated.
+ACTIVATION_STATUSES = ("NONE", "SENDING", "MAIL_SENT", "UNDELIVERABLE", "DONE")
 
 
 def one_of(column: str, values: tuple[str, ...]) -> str:
@@ -71,6 +73,9 @@ users = sa.Table(
     # Activation mail process.
     sa.Column("activation_status", sa.String(16), nullable=False, server_default="NONE"),
     sa.Column("activation_token", sa.String(64)),
+    sa.Column("username", sa.String(64)),
+    sa.Column("activation_claim_id", sa.String(36)),
+    sa.Column("activation_lease_until", UTCDateTime()),
     # Consent revocation process.
     sa.Column("analytics_consent", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("analytics_consent_revoked_at", UTCDateTime()),
@@ -89,6 +94,21 @@ sa.Index(
     users.c.id,
     postgresql_where=users.c.deletion_warning_sent_at.is_not(None),
     sqlite_where=users.c.deletion_warning_sent_at.is_not(None),
+)
+# Activation mail walks the users still due a mail, newest last.
+sa.Index(
+    "ix_users_activation_due",
+    users.c.created_at,
+    users.c.id,
+    postgresql_where=users.c.activation_status.in_(("NONE", "SENDING")),
+    sqlite_where=users.c.activation_status.in_(("NONE", "SENDING")),
+)
+sa.Index(
+    "ix_users_username",
+    users.c.username,
+    unique=True,
+    postgresql_where=users.c.username.is_not(None),
+    sqlite_where=users.c.username.is_not(None),
 )
 sa.Index(
     "ix_users_deletion_started",

@@ -60,3 +60,12 @@ def delete_due_batch(engine: sa.Engine, storage: ObjectStorage, breaker_name: st
         limit=100,
         budget=100,
     )
+
+
+def insert_signup(engine: sa.Engine, *, created_at: datetime, **columns: Any) -> str:
+    """A user who just signed up: a username, activation NONE, visited when created."""
+    user_id = columns.pop("id", None) or str(uuid.uuid4())
+    columns.setdefault("username", f"user-{user_id[:8]}")
+    return insert_user(
+        engine, id=user_id, created_at=created_at, last_visit_at=created_at, **columns
+    )

@@ -39,6 +39,11 @@ class LocalSmtpServer:
         """Answer ``reply`` (e.g. ``"550 5.1.1 No such user"``) when ``address`` reaches ``at``."""
         self._replies[(at, address.lower())] = reply
 
+    def recover(self, address: str) -> None:
+        """Stop failing ``address``: it is accepted again at every stage."""
+        for stage in ("rcpt", "data"):
+            self._replies.pop((stage, address.lower()), None)
+
     def start(self) -> None:
         self._controller = Controller(
             self,
