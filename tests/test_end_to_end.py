@@ -8,6 +8,7 @@ The worker clones this repository, so these tests run the committed code.
 
 from __future__ import annotations
 
+import email
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -37,8 +38,9 @@ from lifecycle.db.schema import (
 from lifecycle.privacy import pseudonym
 from tests.support.clock import days_ago
 from tests.support.dynamodb import REGION, cart_ids, dynamodb, put_cart, ttl_delete
-from tests.support.e2e import MARKETING_PATH, E2EStack
-from tests.support.factories import insert_user, user_row
+from tests.support.e2e import MARKETING_PATH, E2EStack, worker_settings
+from tests.support.factories import insert_signup, insert_user, user_row
+from tests.support.prefect_stack import BIN, clean_environment, run_command
 from tests.support.ttl import EPOCH, SECRET, insert_attributes, insert_cart, insert_index, names
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -263,3 +265,37 @@ def test_backfill_replays_three_days_one_after_another_in_date_order(
     for earlier, later in zip(children, children[1:], strict=False):
         assert earlier.end_time is not None and later.start_time is not None
         assert earlier.end_time <= later.start_time  # strictly one after another
+
+
+def test_a_user_created_event_starts_the_activation_deployment(e2e_stack: E2EStack) -> None:
+    """The application emits lifecycle.user.created (the helper, in a process of its own, as an
+    application would); the deployment's trigger starts a run that mails the new user once."""
+    started = datetime.now(UTC)
+    user_id = insert_signup(e2e_stack.engine, created_at=started - timedelta(seconds=5))
+    env = clean_environment(PREFECT_API_URL=e2e_stack.server.api_url, **worker_settings(e2e_stack))
+    emit = f"from tasks.activation_mail import emit_user_created; emit_user_created({user_id!r})"
+    run_command([str(BIN / "python"), "-c", emit], env)
+
+    deadline = time.monotonic() + 120
+    with temporary_settings({PREFECT_API_URL: e2e_stack.server.api_url}):
+        with get_client(sync_client=True) as client:
+            while not (
+                runs := client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        start_time=FlowRunFilterStartTime(after_=started)
+                    ),
+                    deployment_filter=DeploymentFilter(
+                        name=DeploymentFilterName(any_=["activation-mail"])
+                    ),
+                )
+            ):
+                assert time.monotonic() < deadline, "the event started no activation run"
+                time.sleep(1)
+    completed(e2e_stack.wait(runs[0].id))
+    row = user_row(e2e_stack.engine, user_id)
+    assert row is not None and row.activation_status == "MAIL_SENT"
+    recipients = [
+        email.message_from_bytes(path.read_bytes())["To"]
+        for path in (e2e_stack.data_dir / "outbox").glob("*.eml")
+    ]
+    assert recipients.count(f"person-{user_id[:8]}@example.com") == 1

@@ -133,12 +133,11 @@ def send_mails(
     report = BatchReport()
     send_until = claim.at + claim.lease - lease_margin(claim.lease)
     with relaxed_connection(ctx.engine) as conn:
-        with conn.begin():  # users without a token get one first, all in one statement
+        recipients = queries.held(conn, claim.id)
+        fresh = {r.id: new_token() for r in recipients if r.token is None}
+        if fresh:  # users without a token get one first, all in one statement
+            queries.give_tokens(conn, fresh, claim_id=claim.id)
             recipients = queries.held(conn, claim.id)
-            fresh = {r.id: new_token() for r in recipients if r.token is None}
-            if fresh:
-                queries.give_tokens(conn, fresh, claim_id=claim.id)
-                recipients = queries.held(conn, claim.id)
         sender = _Sender(ctx, conn, send, breaker, claim.id, report)
         for index, recipient in enumerate(recipients):
             if ctx.clock() >= send_until:
@@ -156,7 +155,7 @@ def lease_margin(lease: timedelta) -> timedelta:
 @dataclass
 class _Sender:
     ctx: ActivationContext
-    conn: sa.Connection  # relaxed commits: a record lost in a database crash repeats a mail
+    conn: sa.Connection  # autocommitted, relaxed: a record lost in a database crash repeats a mail
     send: Send
     breaker: Breaker
     claim_id: str
@@ -213,8 +212,7 @@ class _Sender:
                 self.ctx.sleep(SEND_BACKOFF_SECONDS[min(attempt, len(SEND_BACKOFF_SECONDS) - 1)])
 
     def _finish_as(self, user_id: str, status: Status) -> bool:
-        with self.conn.begin():
-            result = self.conn.execute(self._finish[status], {"keys": [user_id]})
+        result = self.conn.execute(self._finish[status], {"keys": [user_id]})
         return bool(result.rowcount)
 
 
