@@ -16,7 +16,12 @@ from lifecycle.settings import get_settings
 from tasks.backfill import DateOutcome, check_target, run_for_date
 
 Process = Literal[
-    "inactive-accounts", "ttl-purge", "abandoned-carts", "consent-deletion", "activation-mail"
+    "inactive-accounts",
+    "ttl-purge",
+    "abandoned-carts",
+    "consent-deletion-start",
+    "consent-deletion-poll",
+    "activation-mail",
 ]
 
 

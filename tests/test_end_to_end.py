@@ -299,3 +299,15 @@ def test_a_user_created_event_starts_the_activation_deployment(e2e_stack: E2ESta
         for path in (e2e_stack.data_dir / "outbox").glob("*.eml")
     ]
     assert recipients.count(f"person-{user_id[:8]}@example.com") == 1
+
+
+def test_a_process_without_as_of_is_refused_by_the_backfill(e2e_stack: E2EStack) -> None:
+    yesterday = str(date.today() - timedelta(days=1))
+    run = e2e_stack.run(
+        "backfill/backfill", {"process": "activation-mail", "start": yesterday, "dry_run": True}
+    )
+
+    assert run.state is not None and run.state.is_failed()
+    assert "activation-mail cannot be backfilled: its flow takes no as_of" in (
+        run.state.message or ""
+    )
