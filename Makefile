@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist loadgroup
 
 # Every benchmark runs even when an earlier one misses a target; make fails if any missed.
 BENCHMARKS := $(sort $(wildcard benchmarks/[a-z]*.py))

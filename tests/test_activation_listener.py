@@ -81,8 +81,8 @@ def test_insert_emits_the_event_and_a_terminated_backend_recovers(
     settings = Settings(database_url=postgres_url)
 
     def on_user(user_id: str) -> None:
-        emitted.append(user_id)
         emit_user_created(user_id, settings)
+        emitted.append(user_id)  # after: the test then drains the events worker safely
 
     listener = UserCreatedListener(
         conninfo=listen_conninfo(postgres_url),

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests.support.clock import days_ago
 from tests.support.e2e import E2EStack
@@ -95,11 +98,8 @@ def test_custom_dry_run_from_the_run_form_completes_with_its_summary(
     page.screenshot(path=shots / "run-form.png", full_page=True)
     name = page.get_by_label("Run Name").input_value()
     page.get_by_role("button", name="Submit").click()
-    page.wait_for_url(re.compile(r"/v2/deployments/deployment/[^/]+\?"))  # back, run created
-    page.get_by_role("link", name=name).click()  # in the deployment's runs
-
-    page.wait_for_url(re.compile(r"/v2/runs/flow-run/"))
-    run_id = UUID(urlsplit(page.url).path.rsplit("/", 1)[-1])
+    run_id = created_run(e2e_stack, name)  # by the form (a loaded server answers it slowly)
+    page.goto(f"{e2e_stack.server.url}/v2/runs/flow-run/{run_id}")
     run = e2e_stack.wait(run_id)
     assert run.state is not None and run.state.is_completed(), run.state
     page.reload()  # the page refreshes itself only while the run is Pending or Running
@@ -117,3 +117,18 @@ def test_custom_dry_run_from_the_run_form_completes_with_its_summary(
     assert sent == {"as_of": as_of.strftime("%Y-%m-%dT%H:%M:%SZ"), "dry_run": True}
     row = user_row(e2e_stack.engine, due)
     assert row is not None and row.deletion_warning_sent_at is None  # a dry run
+
+
+def created_run(stack: E2EStack, name: str, timeout: float = 180) -> UUID:
+    """The id of the flow run named ``name``, once the server has it."""
+    deadline = time.monotonic() + timeout
+    with temporary_settings({PREFECT_API_URL: stack.server.api_url}):
+        with get_client(sync_client=True) as client:
+            while not (
+                runs := client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+                )
+            ):
+                assert time.monotonic() < deadline, f"the form created no run {name!r}"
+                time.sleep(1)
+    return runs[0].id

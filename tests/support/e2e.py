@@ -130,9 +130,14 @@ def worker_settings(stack: E2EStack) -> dict[str, str]:
     }
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the e2e tests last (in their order): the stack then starts once, after every other
-    test, and its server and worker do not load the machine while the rest of the suite runs."""
+    """Run the e2e tests last (in their order), all on one pytest-xdist worker: the stack then
+    starts once, after every other test of that worker, and its server and worker do not load
+    the machine while most of the suite runs."""
+    for item in items:
+        if item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
     items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
 
 
