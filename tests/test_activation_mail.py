@@ -230,17 +230,21 @@ def test_concurrent_claims_never_share_a_user(postgres_url: str) -> None:
     assert set().union(*claimed) == set(ids)
 
 
-def test_send_failure_then_success(
-    lifecycle_env: Settings,
-    engine: sa.Engine,
-    smtp_server: LocalSmtpServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def smtp_mail(
+    lifecycle_env: Settings, smtp_server: LocalSmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> LocalSmtpServer:
+    """Mail goes to the local SMTP server."""
     monkeypatch.setenv("LIFECYCLE_MAIL_BACKEND", "smtp")
     monkeypatch.setenv("LIFECYCLE_MAIL_FROM", "Acme <no-reply@acme.example>")
     monkeypatch.setenv("LIFECYCLE_SMTP_HOST", smtp_server.host)
     monkeypatch.setenv("LIFECYCLE_SMTP_PORT", str(smtp_server.port))
     monkeypatch.setenv("LIFECYCLE_SMTP_SECURITY", "none")
+    return smtp_server
+
+
+def test_send_failure_then_success(engine: sa.Engine, smtp_mail: LocalSmtpServer) -> None:
+    smtp_server = smtp_mail
     user_id = insert_signup(engine, created_at=_now(), email="flaky@example.com")
     smtp_server.fail("flaky@example.com", "451 4.3.0 Try again later")
 
@@ -266,16 +270,9 @@ def test_send_failure_then_success(
 
 
 def test_undeliverable_address_is_not_tried_again(
-    lifecycle_env: Settings,
-    engine: sa.Engine,
-    smtp_server: LocalSmtpServer,
-    monkeypatch: pytest.MonkeyPatch,
+    engine: sa.Engine, smtp_mail: LocalSmtpServer
 ) -> None:
-    monkeypatch.setenv("LIFECYCLE_MAIL_BACKEND", "smtp")
-    monkeypatch.setenv("LIFECYCLE_MAIL_FROM", "Acme <no-reply@acme.example>")
-    monkeypatch.setenv("LIFECYCLE_SMTP_HOST", smtp_server.host)
-    monkeypatch.setenv("LIFECYCLE_SMTP_PORT", str(smtp_server.port))
-    monkeypatch.setenv("LIFECYCLE_SMTP_SECURITY", "none")
+    smtp_server = smtp_mail
     user_id = insert_signup(engine, created_at=_now(), email="gone@example.com")
     smtp_server.fail("gone@example.com", "550 5.1.1 no such user")
     assert activation_mail().counts == {"claimed": 1, "undeliverable": 1}
